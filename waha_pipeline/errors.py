@@ -1,0 +1,55 @@
+"""The one exception tree of waha-pipeline.
+
+    PipelineError
+    ├── ConfigError              bad configuration or arguments; CLI exit 2, nothing written
+    ├── WahaError                anything that went wrong talking to WAHA (never carries the API key)
+    │   ├── WahaTransientError   connection errors, timeouts, 408, 429, 5xx: worth retrying
+    │   └── WahaPermanentError   400/401/403/404, unserveable chat, bad body: retrying cannot help
+    │       ├── WahaSessionNotFound     404 on the session: the channel is gone or stopped
+    │       └── WahaSessionNotReady     422 "session status is not as expected" after waiting
+    └── ChunkError               a chunk could not be imported (wraps the cause, names the chunk)
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of every error the pipeline raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    """Invalid configuration or argument; the message names the variable or flag."""
+
+
+class WahaError(PipelineError):
+    """A WAHA call failed. `status` is the HTTP status or None for transport errors."""
+
+    def __init__(self, message: str, *, status: int | None = None, method: str = "", path: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.method = method
+        self.path = path
+
+
+class WahaTransientError(WahaError):
+    """Retrying later may succeed (connection error, timeout, 408, 429, 5xx)."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class WahaPermanentError(WahaError):
+    """Retrying cannot help (bad request, auth, not found, malformed body)."""
+
+
+class WahaSessionNotFound(WahaPermanentError):
+    """The WAHA session (the CRM channel) does not exist or is not running."""
+
+
+class WahaSessionNotReady(WahaPermanentError):
+    """The session exists but is not WORKING (422), and did not become WORKING in time."""
+
+
+class ChunkError(PipelineError):
+    """A chunk failed; the message is the one-line reason shown in Dagster and `status`."""
