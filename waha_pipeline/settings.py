@@ -1,0 +1,116 @@
+"""Configuration from the environment (SPEC §3), parsed once and validated before any work is done.
+
+Every invalid value raises ConfigError with one line naming the variable; secrets never appear in messages.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from waha_pipeline.errors import ConfigError
+
+DEFAULT_DATABASE_URL = "sqlite:///.waha/crm.sqlite"
+DEFAULT_DAGSTER_HOME = ".waha/dagster_home"
+DEFAULT_TENANT = "default"
+
+
+@dataclass(frozen=True)
+class Settings:
+    waha_base_url: str | None
+    waha_api_key: str | None = field(repr=False)
+    database_url: str = field(repr=False)
+    dagster_home: Path = Path(DEFAULT_DAGSTER_HOME)
+    tenant_id: str = DEFAULT_TENANT
+    waha_concurrency: int = 32
+    waha_page_size: int = 500
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        return cls(
+            waha_base_url=parse_waha_url(env.get("WAHA_BASE_URL")),
+            waha_api_key=env.get("WAHA_API_KEY") or None,
+            database_url=parse_database_url(env.get("DATABASE_URL") or DEFAULT_DATABASE_URL),
+            dagster_home=Path(env.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).absolute(),
+            tenant_id=_tenant(env.get("WAHA_TENANT_ID")),
+            waha_concurrency=_positive_int(env, "WAHA_CONCURRENCY", 32),
+            waha_page_size=_positive_int(env, "WAHA_PAGE_SIZE", 500),
+        )
+
+    def require_waha(self) -> str:
+        if not self.waha_base_url:
+            raise ConfigError("WAHA_BASE_URL is not set (e.g. http://localhost:3000); `waha-pipeline demo` needs none")
+        return self.waha_base_url
+
+
+def parse_waha_url(value: str | None) -> str | None:
+    if not value:
+        return None
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"WAHA_BASE_URL must be an http(s) URL with a host, got {_redact_url(value)!r}")
+    try:
+        parts.port  # noqa: B018 - raises on a non-numeric port
+    except ValueError:
+        raise ConfigError(f"WAHA_BASE_URL has an invalid port: {_redact_url(value)!r}") from None
+    return value.strip().rstrip("/")
+
+
+def parse_database_url(value: str) -> str:
+    """Accept sqlite and postgresql URLs; plain postgresql:// means psycopg 3 (what we install)."""
+    try:
+        url = make_url(value.strip())
+    except ArgumentError:
+        raise ConfigError("DATABASE_URL is not a valid SQLAlchemy URL (e.g. postgresql://user@host/db)") from None
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        if url.drivername == "postgresql":
+            url = url.set(drivername="postgresql+psycopg")
+        if not url.database:
+            raise ConfigError("DATABASE_URL names no database (postgresql://user@host:5432/<database>)")
+    elif backend != "sqlite":
+        raise ConfigError(f"DATABASE_URL scheme {url.drivername!r} is not supported; use postgresql:// or sqlite:///")
+    return url.render_as_string(hide_password=False)
+
+
+def redact_database_url(value: str) -> str:
+    return make_url(value).render_as_string(hide_password=True)
+
+
+def _redact_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.password:
+        return value.replace(parts.password, "***")
+    return value
+
+
+def _tenant(value: str | None) -> str:
+    if value is None:
+        return DEFAULT_TENANT
+    value = value.strip()
+    if not value:
+        raise ConfigError("WAHA_TENANT_ID is set but empty")
+    return value
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {value}")
+    return value
+
+
+__all__ = ["Settings", "parse_database_url", "parse_waha_url", "redact_database_url"]
