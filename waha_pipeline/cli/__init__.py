@@ -1,1 +1,1 @@
-
+"""The `waha-pipeline` command line."""

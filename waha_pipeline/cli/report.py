@@ -1,0 +1,31 @@
+"""Plain-text reports for the CLI: per-chunk lines and the channel summary."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class ChunkLine(Protocol):
+    chunk_key: str
+    status: str
+    chats: int | None
+    messages: int | None
+    last_error: str | None
+
+
+def chunk_table(chunks: Sequence[ChunkLine]) -> str:
+    rows = [("chunk", "state", "chats", "messages", "last error")]
+    for c in chunks:
+        rows.append((c.chunk_key, c.status, str(c.chats or 0), str(c.messages or 0), c.last_error or ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)).rstrip() for row in rows
+    )
+
+
+def state_counts(chunks: Sequence[ChunkLine]) -> dict[str, int]:
+    counts = {"committed": 0, "failed": 0, "pending": 0}
+    for c in chunks:
+        counts[c.status] = counts.get(c.status, 0) + 1
+    return counts

@@ -1,0 +1,119 @@
+"""The channel plan (on channel partitions) and the five chunk assets (on chunk partitions).
+
+The chunk assets are one multi-asset step that loops over the chunks of its run, so a run covers a range
+of chunks without a process per chunk, while every (asset, chunk) still ends up exactly Materialized or
+Failed: events are logged per chunk, and the step raises at the end if any chunk failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import dagster as dg
+
+from waha_pipeline.defs.partitions import channel_partitions, chunk_partitions
+from waha_pipeline.defs.resources import CrmResource, WahaResource
+from waha_pipeline.importer.chunk_runner import ChunkFailed, ChunkRunner
+from waha_pipeline.importer.planner import PlanRequest, find_session, plan_and_record
+from waha_pipeline.importer.stage_plan import STAGES
+
+GROUP = "waha_import"
+MAX_CHUNKS_PER_RUN = 50
+
+STAGE_DESCRIPTIONS = {
+    "raw_chat_list": "The chunk's chats as the plan recorded them, with the identity each resolves to.",
+    "fetched_messages": "Every WAHA message of the chunk's chats inside the plan window, raw and deduplicated.",
+    "resolved_contacts": "Messages mapped and validated, malformed ones rejected, contacts resolved (lid merges).",
+    "session_batch": "The chunk's messages with their conversation session over stored + new messages.",
+    "committed_rows": "Contacts, messages, sessions, rejects and the ledger row, committed in one transaction.",
+}
+
+
+class PlanConfig(dg.Config):
+    days: int = 180
+    session_timeout_minutes: int | None = None
+    chunk_size: int = 50
+    include_groups: bool = False
+
+
+@dg.asset(
+    partitions_def=channel_partitions,
+    group_name=GROUP,
+    description="A channel's import plan: its chats split into chunks over a fixed window, stored in the CRM ledger.",
+)
+def channel_plan(context: dg.AssetExecutionContext, config: PlanConfig, waha: WahaResource, crm: CrmResource) -> dg.MaterializeResult:
+    plan_time = int(time.time())
+    request = PlanRequest(
+        days=config.days,
+        session_timeout_minutes=config.session_timeout_minutes,
+        chunk_size=config.chunk_size,
+        include_groups=config.include_groups,
+    )
+
+    async def plan() -> tuple:
+        async with waha.client() as client:
+            session = await find_session(client, context.partition_key)
+            return await plan_and_record(
+                client, crm.store, session, request, default_tenant=waha.settings().tenant_id, plan_time=plan_time
+            )
+
+    recorded = asyncio.run(plan())
+    chunk_keys = [c.key for c in recorded.plan.chunks]
+    context.log.info("plan %s: %d chunks", recorded.plan_id, len(chunk_keys))
+    return dg.MaterializeResult(
+        metadata={
+            "plan_id": recorded.plan_id,
+            "tenant_id": recorded.tenant_id,
+            "plan_time": dg.MetadataValue.timestamp(float(recorded.plan.plan_time)),
+            "window_days": config.days,
+            "session_timeout_minutes": recorded.plan.session_timeout_minutes,
+            "chunks": len(chunk_keys),
+            "chats": sum(len(c.chats) for c in recorded.plan.chunks),
+            "skipped_chats": dg.MetadataValue.json(recorded.plan.skipped),
+            "chunk_keys": dg.MetadataValue.json(chunk_keys),
+        }
+    )
+
+
+@dg.multi_asset(
+    name="chunk_import",
+    specs=[
+        dg.AssetSpec(
+            stage,
+            partitions_def=chunk_partitions,
+            skippable=True,
+            deps=[STAGES[i - 1]] if i else [],
+            group_name=GROUP,
+            description=STAGE_DESCRIPTIONS[stage],
+        )
+        for i, stage in enumerate(STAGES)
+    ],
+    partitions_def=chunk_partitions,
+    can_subset=True,
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_CHUNKS_PER_RUN),
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+)
+def chunk_import(context: dg.AssetExecutionContext, waha: WahaResource, crm: CrmResource) -> Iterator[dg.AssetMaterialization]:
+    """Re-running is safe: every write is an idempotent upsert and sessions are recomputed, never appended."""
+    selected = {key.path[-1] for key in context.selected_asset_keys}
+    runner = ChunkRunner(crm.store, crm.stages(), waha.client, page_size=waha.resolved_page_size())
+    failures: list[ChunkFailed] = []
+    for event in runner.run(list(context.partition_keys), selected):
+        if isinstance(event, ChunkFailed):
+            failures.append(event)
+            context.log.error(f"chunk {event.chunk_key} failed at {event.stage}: {event.reason}")
+            continue
+        yield dg.AssetMaterialization(asset_key=event.stage, partition=event.chunk_key, metadata=event.metadata)
+    if failures:
+        raise dg.Failure(
+            description=f"{len(failures)} of {len(context.partition_keys)} chunk(s) failed: "
+            + "; ".join(f"{f.chunk_key}: {f.reason}" for f in failures[:5]),
+            metadata={
+                "failed_chunks": dg.MetadataValue.json(
+                    [{"chunk": f.chunk_key, "stage": f.stage, "reason": f.reason, "permanent": f.permanent} for f in failures]
+                )
+            },
+            allow_retries=not all(f.permanent for f in failures),
+        )

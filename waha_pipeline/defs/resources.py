@@ -1,0 +1,66 @@
+"""Resources keyed by the system they reach. Secrets come from the environment at run time and never
+appear in run config, metadata or the UI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from waha_pipeline.crm.migrate import upgrade
+from waha_pipeline.crm.store import CrmStore
+from waha_pipeline.importer.stage_store import StageStore
+from waha_pipeline.settings import Settings
+from waha_pipeline.waha.client import WahaClient
+
+
+class WahaResource(dg.ConfigurableResource):
+    """A WAHA server. `base_url` defaults to WAHA_BASE_URL; the key is read from WAHA_API_KEY only."""
+
+    base_url: str | None = None
+    concurrency: int | None = None
+    page_size: int | None = None
+
+    def settings(self) -> Settings:
+        return Settings.from_env()
+
+    def resolved_page_size(self) -> int:
+        return self.page_size or self.settings().waha_page_size
+
+    def client(self) -> WahaClient:
+        """A new client; create and use it inside the event loop that will run its requests."""
+        settings = self.settings()
+        return WahaClient(
+            self.base_url or settings.require_waha(),
+            api_key=settings.waha_api_key,
+            concurrency=self.concurrency or settings.waha_concurrency,
+        )
+
+
+class CrmResource(dg.ConfigurableResource):
+    """The CRM database (DATABASE_URL) and the per-chunk stage files kept next to the Dagster instance."""
+
+    database_url: str | None = None
+    stage_dir: str | None = None
+
+    _store: CrmStore | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        url = self.database_url or Settings.from_env().database_url
+        upgrade(url)  # a no-op at head; keeps a fresh CRM usable from the UI and sensors alike
+        self._store = CrmStore.from_url(url)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._store is not None:
+            self._store.dispose()
+
+    @property
+    def store(self) -> CrmStore:
+        if self._store is None:
+            raise RuntimeError("CrmResource used outside of a Dagster execution")
+        return self._store
+
+    def stages(self) -> StageStore:
+        root = self.stage_dir or str(Path(Settings.from_env().dagster_home) / "storage" / "waha_stages")
+        return StageStore(root)

@@ -1,0 +1,242 @@
+"""Run the stages of a range of chunks: WAHA fetches kept in flight ahead, one commit per chunk.
+
+Independent of Dagster: it yields one event per (stage, chunk) that completed and one per chunk that failed,
+and the Dagster asset turns them into materializations and failures. A failing chunk never stops the others,
+except that once WAHA says the channel is gone, the remaining chunks fail fast without calling WAHA.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from waha_pipeline.crm.store import CrmStore
+from waha_pipeline.errors import ChunkError, WahaPermanentError, WahaSessionNotFound
+from waha_pipeline.importer import stages
+from waha_pipeline.importer.background_loop import BackgroundLoop
+from waha_pipeline.importer.stage_plan import STAGES, Action, stage_actions
+from waha_pipeline.importer.stage_store import StageStore
+from waha_pipeline.waha.client import WahaClient, WahaStats
+
+logger = logging.getLogger(__name__)
+
+# Files each stage persists; a stage counts as persisted when all of its files exist.
+STAGE_FILES: dict[str, tuple[str, ...]] = {
+    "raw_chat_list": ("chats",),
+    "fetched_messages": ("fetched",),
+    "resolved_contacts": ("contacts", "messages", "rejects"),
+    "session_batch": ("contacts", "assigned", "rejects", "sessions"),
+    "committed_rows": (),
+}
+
+
+@dataclass(frozen=True)
+class StageDone:
+    chunk_key: str
+    stage: str
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ChunkFailed:
+    chunk_key: str
+    stage: str
+    reason: str
+    permanent: bool
+
+
+@dataclass
+class _Fetch:
+    future: Future[tuple[pd.DataFrame, WahaStats]]
+    started: float = field(default_factory=time.monotonic)
+
+
+class ChunkRunner:
+    def __init__(
+        self,
+        store: CrmStore,
+        stage_store: StageStore,
+        client_factory: Callable[[], WahaClient],
+        *,
+        page_size: int = 500,
+        prefetch: int = 2,
+    ) -> None:
+        self.store = store
+        self.stage_store = stage_store
+        self.client_factory = client_factory
+        self.page_size = page_size
+        self.prefetch = max(0, prefetch)
+
+    def run(self, chunk_keys: list[str], selected: set[str]) -> Iterator[StageDone | ChunkFailed]:
+        works: dict[str, stages.ChunkWork] = {}
+        actions: dict[str, dict[str, Action]] = {}
+        for key in chunk_keys:
+            try:
+                works[key] = stages.load_work(self.store, key)
+            except ChunkError as exc:
+                yield ChunkFailed(key, STAGES[0], str(exc), permanent=True)
+                continue
+            actions[key] = stage_actions(selected, self._persisted(works[key]))
+        keys = [k for k in chunk_keys if k in works]
+        if not keys:
+            return
+        with BackgroundLoop() as loop:
+            client = self.client_factory()
+            loop.run(client.__aenter__())
+            try:
+                yield from self._run(loop, client, keys, works, actions)
+            finally:
+                loop.run(client.__aexit__(None, None, None))
+
+    def _run(
+        self,
+        loop: BackgroundLoop,
+        client: WahaClient,
+        keys: list[str],
+        works: dict[str, stages.ChunkWork],
+        actions: dict[str, dict[str, Action]],
+    ) -> Iterator[StageDone | ChunkFailed]:
+        to_fetch = [k for k in keys if actions[k]["fetched_messages"] in (Action.EMIT, Action.COMPUTE)]
+        fetches: dict[str, _Fetch] = {}
+        gone: str | None = None  # reason, once WAHA said the channel does not exist
+
+        def top_up() -> None:
+            while to_fetch and len(fetches) <= self.prefetch and gone is None:
+                key = to_fetch.pop(0)
+                fetches[key] = _Fetch(loop.submit(self._fetch(client, works[key])))
+
+        for key in keys:
+            top_up()
+            work, plan = works[key], actions[key]
+            if gone is not None and key not in fetches and plan["fetched_messages"] is not Action.LOAD:
+                yield ChunkFailed(key, "fetched_messages", gone, permanent=True)
+                continue
+            committing = plan["committed_rows"] is Action.EMIT
+            if committing:
+                self.store.mark_chunk_started(work.context.plan_id, key)
+            stage = STAGES[0]
+            try:
+                for stage, done in self._stages(work, plan, fetches.pop(key, None)):
+                    yield done
+            except Exception as exc:  # noqa: BLE001 - every failure is reported per chunk, never swallowed
+                permanent = isinstance(exc, (WahaPermanentError, ChunkError))
+                if isinstance(exc, WahaSessionNotFound):
+                    gone = f"channel gone: {exc}"
+                reason = _one_line(exc)
+                logger.warning("chunk %s failed at %s: %s", key, stage, reason)
+                if committing:
+                    self.store.mark_chunk_failed(work.context.plan_id, key, reason)
+                yield ChunkFailed(key, stage, reason, permanent)
+        for pending in fetches.values():
+            pending.future.cancel()
+
+    def _stages(
+        self, work: stages.ChunkWork, plan: dict[str, Action], fetch: _Fetch | None
+    ) -> Iterator[tuple[str, StageDone]]:
+        """Yield (stage, event) as each emitted stage completes; raise at the first stage that fails."""
+        key, plan_id = work.context.chunk_key, work.context.plan_id
+        started = time.monotonic()
+
+        chats = stages.raw_chat_list(work)
+        if plan["raw_chat_list"] is Action.EMIT:
+            self.stage_store.write(plan_id, key, "chats", chats)
+            yield "raw_chat_list", StageDone(key, "raw_chat_list", {"chats": len(chats), "dagster/row_count": len(chats)})
+
+        stage = "fetched_messages"
+        fetched = None
+        if plan[stage] is Action.LOAD:
+            fetched = self.stage_store.read(plan_id, key, "fetched")
+        elif plan[stage] is not Action.SKIP:
+            assert fetch is not None, "every fetch is submitted before its chunk is processed"
+            fetched, stats = fetch.future.result()
+            self.stage_store.write(plan_id, key, "fetched", fetched)
+            if plan[stage] is Action.EMIT:
+                yield stage, StageDone(key, stage, {
+                    "chats": len(chats),
+                    "messages": len(fetched),
+                    "waha_requests": stats.requests,
+                    "waha_retries": stats.retries,
+                    "fetch_seconds": round(time.monotonic() - fetch.started, 3),
+                    "dagster/row_count": len(fetched),
+                })
+
+        stage = "resolved_contacts"
+        resolved = None
+        if plan[stage] is Action.LOAD:
+            resolved = self._read_resolved(plan_id, key)
+        elif plan[stage] is not Action.SKIP:
+            assert fetched is not None
+            resolved = stages.resolve(work, fetched)
+            for name in ("contacts", "messages", "rejects"):
+                self.stage_store.write(plan_id, key, name, getattr(resolved, name))
+            if plan[stage] is Action.EMIT:
+                yield stage, StageDone(key, stage, {
+                    "contacts": len(resolved.contacts),
+                    "messages": len(resolved.messages),
+                    "rejects": len(resolved.rejects),
+                    "outside_window": resolved.dropped_outside_window,
+                    "dagster/row_count": len(resolved.contacts),
+                })
+
+        stage = "session_batch"
+        assigned = None
+        if plan[stage] is Action.LOAD:
+            assigned = self._read_assigned(plan_id, key)
+        elif plan[stage] is not Action.SKIP:
+            assert resolved is not None
+            assigned = stages.assign(self.store, work, resolved)
+            self.stage_store.write(plan_id, key, "assigned", assigned.messages)
+            self.stage_store.write(plan_id, key, "sessions", assigned.sessions)
+            if plan[stage] is Action.EMIT:
+                yield stage, StageDone(key, stage, {
+                    "messages": len(assigned.messages),
+                    "sessions": len(assigned.sessions),
+                    "dagster/row_count": len(assigned.messages),
+                })
+
+        stage = "committed_rows"
+        if plan[stage] is Action.EMIT:
+            assert assigned is not None
+            result = stages.commit(self.store, work, assigned)
+            yield stage, StageDone(key, stage, {
+                "chats": len(work.chats),
+                "messages": result.messages_total,
+                "messages_inserted": result.messages_inserted,
+                "sessions": result.sessions,
+                "contacts": result.contacts,
+                "rejects": result.rejects,
+                "duration_seconds": round(time.monotonic() - started, 3),
+                "dagster/row_count": result.messages_total,
+            })
+
+    async def _fetch(self, client: WahaClient, work: stages.ChunkWork) -> tuple[pd.DataFrame, WahaStats]:
+        before = client.stats()
+        fetched = await stages.fetch_messages(client, work, stages.raw_chat_list(work), self.page_size)
+        return fetched, client.stats() - before
+
+    def _persisted(self, work: stages.ChunkWork) -> set[str]:
+        plan_id, key = work.context.plan_id, work.context.chunk_key
+        return {
+            stage
+            for stage, files in STAGE_FILES.items()
+            if files and all(self.stage_store.exists(plan_id, key, f) for f in files)
+        }
+
+    def _read_resolved(self, plan_id: str, key: str) -> stages.Resolved:
+        frames = {n: self.stage_store.read(plan_id, key, n) for n in ("contacts", "messages", "rejects")}
+        return stages.Resolved(dropped_outside_window=0, **frames)  # type: ignore[arg-type]
+
+    def _read_assigned(self, plan_id: str, key: str) -> stages.Assigned:
+        frames = {n: self.stage_store.read(plan_id, key, n) for n in ("contacts", "rejects", "sessions")}
+        return stages.Assigned(messages=self.stage_store.read(plan_id, key, "assigned"), **frames)  # type: ignore[arg-type]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:500]

@@ -1,0 +1,162 @@
+"""The five stages of a chunk, as plain functions over frames: what the Dagster assets (and nothing else) run.
+
+raw chat list -> fetched messages -> resolved contacts -> session-assigned batch -> committed rows.
+Each stage reads the previous stage's output, so a stage can be re-run from persisted Parquet alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import orjson
+import pandas as pd
+
+from waha_pipeline.crm.store import CommitResult, CrmStore
+from waha_pipeline.domain.batch import (
+    CONTACT_COLUMNS,
+    MESSAGE_COLUMNS,
+    REJECT_COLUMNS,
+    SESSION_COLUMNS,
+    ChunkBatch,
+    ChunkContext,
+    conform,
+)
+from waha_pipeline.domain.identity import resolve_contacts
+from waha_pipeline.domain.messages import map_messages
+from waha_pipeline.domain.planning import PlannedChat
+from waha_pipeline.domain.sessions import assign_sessions
+from waha_pipeline.errors import ChunkError
+from waha_pipeline.waha.client import WahaClient
+
+CHAT_COLUMNS: dict[str, str] = {
+    "chat_id": "string",
+    "kind": "string",
+    "name": "string",
+    "phone": "string",
+    "lid": "string",
+    "group_id": "string",
+}
+FETCHED_COLUMNS: dict[str, str] = {"chat_id": "string", "payload": "string"}
+ASSIGNED_COLUMNS: dict[str, str] = {**MESSAGE_COLUMNS, "session_id": "string"}
+
+
+@dataclass(frozen=True)
+class ChunkWork:
+    """A chunk as the ledger recorded it at plan time: its plan settings and exactly its chats."""
+
+    context: ChunkContext
+    waha_session: str
+    chats: tuple[PlannedChat, ...]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    contacts: pd.DataFrame
+    messages: pd.DataFrame
+    rejects: pd.DataFrame
+    dropped_outside_window: int
+
+
+@dataclass(frozen=True)
+class Assigned:
+    contacts: pd.DataFrame
+    messages: pd.DataFrame  # ASSIGNED_COLUMNS: the chunk's messages with the session they fall in
+    rejects: pd.DataFrame
+    sessions: pd.DataFrame  # sessions of the chunk's contacts over stored + new messages
+
+
+def load_work(store: CrmStore, chunk_key: str) -> ChunkWork:
+    """Chunk membership comes from the persisted plan, so a re-run imports the same chats (SPEC §7)."""
+    found = store.latest_chunk(chunk_key)
+    if found is None:
+        raise ChunkError(f"chunk {chunk_key} is in no recorded plan; run `waha-pipeline import` for its channel")
+    plan, chunk, chats = found
+    channel = store.channel_by_id(plan.channel_id)
+    context = ChunkContext(
+        tenant_id=plan.tenant_id,
+        channel_id=plan.channel_id,
+        plan_id=plan.id,
+        chunk_key=chunk.chunk_key,
+        plan_time=plan.plan_time,
+        window_start=plan.window_start,
+        window_end=plan.window_end,
+        session_timeout_minutes=plan.session_timeout_minutes,
+    )
+    return ChunkWork(context=context, waha_session=channel.waha_session, chats=tuple(chats))
+
+
+def raw_chat_list(work: ChunkWork) -> pd.DataFrame:
+    return conform(pd.DataFrame([dataclasses.asdict(c) for c in work.chats]), CHAT_COLUMNS)
+
+
+async def fetch_messages(client: WahaClient, work: ChunkWork, chats: pd.DataFrame, page_size: int) -> pd.DataFrame:
+    """Every message of every chat in the window, raw, one row per message as WAHA sent it."""
+    chat_ids = chats["chat_id"].tolist()
+    by_chat = await client.fetch_many(
+        work.waha_session,
+        chat_ids,
+        gte=work.context.window_start,
+        lte=work.context.window_end,
+        page_size=page_size,
+    )
+    ids: list[str] = []
+    payloads: list[str] = []
+    for chat_id in chat_ids:
+        for raw in by_chat.get(chat_id, ()):
+            ids.append(chat_id)
+            payloads.append(orjson.dumps(raw).decode())
+    return pd.DataFrame({"chat_id": pd.array(ids, dtype="string"), "payload": pd.array(payloads, dtype="string")})
+
+
+def resolve(work: ChunkWork, fetched: pd.DataFrame) -> Resolved:
+    context = work.context
+    messages, rejects, dropped = map_messages(
+        fetched,
+        channel_id=context.channel_id,
+        window_start=context.window_start,
+        window_end=context.window_end,
+    )
+    contacts, messages = resolve_contacts(work.chats, messages, tenant_id=context.tenant_id)
+    return Resolved(
+        contacts=conform(contacts, CONTACT_COLUMNS),
+        messages=conform(messages, MESSAGE_COLUMNS),
+        rejects=conform(rejects, REJECT_COLUMNS),
+        dropped_outside_window=dropped,
+    )
+
+
+def assign(store: CrmStore, work: ChunkWork, resolved: Resolved) -> Assigned:
+    """Sessions over stored + new messages of the chunk's contacts, as the commit will recompute them."""
+    context = work.context
+    new = resolved.messages
+    stored = store.stored_messages(context.channel_id, resolved.contacts["id"].tolist())
+    cols = ["contact_id", "external_id", "sent_at", "from_me"]
+    everything = pd.concat([stored[cols], new[cols]], ignore_index=True)
+    everything = everything.drop_duplicates("external_id", keep="last", ignore_index=True)
+    session_of, sessions = assign_sessions(
+        everything,
+        channel_id=context.channel_id,
+        timeout_minutes=context.session_timeout_minutes,
+        plan_time=context.plan_time,
+    )
+    lookup = pd.Series(session_of.to_numpy(), index=everything["external_id"].to_numpy())
+    assigned = new.assign(session_id=lookup.reindex(new["external_id"].to_numpy()).to_numpy())
+    return Assigned(
+        contacts=resolved.contacts,
+        messages=conform(assigned, ASSIGNED_COLUMNS),
+        rejects=resolved.rejects,
+        sessions=conform(sessions, SESSION_COLUMNS),
+    )
+
+
+def commit(store: CrmStore, work: ChunkWork, assigned: Assigned) -> CommitResult:
+    """One transaction; the store recomputes sessions inside it, so a concurrent writer cannot skew them."""
+    batch = ChunkBatch(
+        context=work.context,
+        contacts=assigned.contacts,
+        messages=conform(assigned.messages, MESSAGE_COLUMNS),
+        rejects=assigned.rejects,
+        chats=len(work.chats),
+    )
+    return store.commit_chunk(batch)
