@@ -1,0 +1,383 @@
+"""The fake WAHA HTTP API (waha_api.md) as a Starlette app, plus /_sim control routes.
+
+Why it looks like this: the importer must be tested against the real wire behaviour (status codes, Nest
+error bodies, string-or-object chat ids, short pages, inclusive bounds), and benchmarks push ~1M messages
+through it, so pages are answered from pre-sorted, pre-encoded items by bisect + slice + join.
+Auth, stats and fault injection live in one pure-ASGI middleware (no BaseHTTPMiddleware overhead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import random
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from waha_pipeline.simulator.state import SESSION_STATUSES, SimulatorState
+from waha_pipeline.simulator.truth import ground_truth
+
+_JSON = "application/json; charset=utf-8"
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type=_JSON)
+
+
+def _raw(body: bytes, status: int = 200) -> Response:
+    return Response(body, status_code=status, media_type=_JSON)
+
+
+class BadRequest(Exception):
+    """Query validation failure, rendered as Nest's ValidationPipe 400."""
+
+
+def _bad(messages: list[str]) -> Response:
+    return _json({"message": messages, "error": "Bad Request", "statusCode": 400}, 400)
+
+
+def _int(q: Any, name: str, default: int | None, *, minimum: int | None = None) -> int | None:
+    v = q.get(name)
+    if v is None or v == "":
+        return default
+    try:
+        n = int(v)
+    except ValueError:
+        try:
+            f = float(v)
+        except ValueError:
+            raise BadRequest(f"{name} must be a number conforming to the specified constraints") from None
+        n = int(f)
+    if minimum is not None and n < minimum:
+        raise BadRequest(f"{name} must not be less than {minimum}")
+    return n
+
+
+def _bool(q: Any, name: str) -> bool | None:
+    v = q.get(name)
+    if v is None or v == "":
+        return None
+    if v in ("true", "True", "1"):
+        return True
+    if v in ("false", "False", "0"):
+        return False
+    raise BadRequest(f"{name} must be a boolean value")
+
+
+def _enum(q: Any, name: str, allowed: tuple[str, ...], default: str | None) -> str | None:
+    v = q.get(name)
+    if v is None or v == "":
+        return default
+    if v not in allowed:
+        raise BadRequest(f"{name} must be one of the following values: {', '.join(allowed)}")
+    return v
+
+
+def _stat_kind(path: str) -> str:
+    if path.startswith("/api/sessions"):
+        return "sessions"
+    if path.startswith("/api/") and not path.startswith("/api/server"):
+        if "/messages" in path:
+            return "messages"
+        if "/lids" in path:
+            return "lids"
+        if "/chats" in path:
+            return "chats"
+    return "other"
+
+
+class SimMiddleware:
+    """Counts every request, enforces X-Api-Key on /api, and applies injected faults."""
+
+    def __init__(self, app: ASGIApp, state: SimulatorState) -> None:
+        self.app = app
+        self.state = state
+        self._sem: asyncio.Semaphore | None = None
+        self._sem_size: int | None = None
+        self._rng = random.Random(state.dataset.spec.seed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        stats = self.state.stats
+        if path.startswith("/_sim"):
+            with stats._lock:
+                stats.control += 1
+            await self.app(scope, receive, send)
+            return
+        stats.begin(_stat_kind(path))
+        status_box = [500]
+
+        async def send_wrapper(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status_box[0] = message["status"]
+            await send(message)
+
+        try:
+            if path.startswith("/api") and self.state.api_key is not None and not self._authorized(scope):
+                await _json({"message": "Unauthorized", "statusCode": 401}, 401)(scope, receive, send_wrapper)
+                return
+            faults = self.state.faults
+            if faults.max_concurrent:
+                if self._sem is None or self._sem_size != faults.max_concurrent:
+                    self._sem, self._sem_size = asyncio.Semaphore(faults.max_concurrent), faults.max_concurrent
+                async with self._sem:
+                    await self._delay()
+                    await self.app(scope, receive, send_wrapper)
+            else:
+                await self._delay()
+                await self.app(scope, receive, send_wrapper)
+        finally:
+            stats.end(status_box[0])
+
+    async def _delay(self) -> None:
+        f = self.state.faults
+        if f.latency_ms or f.jitter_ms:
+            await asyncio.sleep(max(0.0, f.latency_ms + self._rng.uniform(0, f.jitter_ms)) / 1000)
+
+    def _authorized(self, scope: Scope) -> bool:
+        expected = self.state.api_key or ""
+        for k, v in scope["headers"]:
+            if k == b"x-api-key":
+                return hmac.compare_digest(v.decode("latin-1"), expected)
+        qs = scope.get("query_string", b"")
+        if b"x-api-key" in qs:
+            got = parse_qs(qs.decode("latin-1")).get("x-api-key", [""])[0]
+            return hmac.compare_digest(got, expected)
+        return False
+
+
+def create_app(state: SimulatorState) -> Starlette:
+    """The WAHA API routes of waha_api.md over `state`, wrapped in the stats/auth/fault middleware."""
+
+    def session_info(name: str) -> dict:
+        sess = state.dataset.sessions[name]
+        status = state.statuses[name]
+        config: dict = {"webhooks": [], "debug": False}
+        if sess.tenant_id is not None:
+            config["metadata"] = {"tenant_id": sess.tenant_id}
+        return {
+            "name": name, "status": status, "config": config, "me": me_info(name),
+            "presence": None, "timestamps": {"activity": state.dataset.anchor * 1000},
+            "assignedWorker": None, "engine": {"engine": state.engine},
+        }
+
+    def me_info(name: str) -> dict | None:
+        if state.statuses[name] != "WORKING":
+            return None
+        sess = state.dataset.sessions[name]
+        return {"id": f"{sess.me_phone}@c.us", "lid": f"{sess.me_lid}@lid",
+                "jid": f"{sess.me_phone}:7@s.whatsapp.net", "pushName": sess.me_push_name}
+
+    def running(name: str) -> Response | None:
+        """None when the session can serve data, else WAHA's 404 / 422 response."""
+        status = state.statuses.get(name)
+        if status is None or status == "STOPPED":
+            return _json({"message": f"We didn't find a session with name '{name}'.\n"
+                                     f"Please start it first by using POST /api/sessions/{name}/start request",
+                          "error": "Not Found", "statusCode": 404}, 404)
+        if status != "WORKING":
+            return _json({"error": "Session status is not as expected. Try again later or restart the session",
+                          "session": name, "status": status, "expected": ["WORKING"]}, 422)
+        return None
+
+    async def ping(request: Request) -> Response:
+        return _json({"message": "pong"})
+
+    async def health(request: Request) -> Response:
+        return _json({"status": "ok", "info": {}, "error": {}, "details": {}})
+
+    async def version(request: Request) -> Response:
+        return _json({"version": state.version, "engine": state.engine, "tier": "CORE", "browser": None,
+                      "platform": "linux/x64", "worker": {"id": None}})
+
+    async def list_sessions(request: Request) -> Response:
+        show_all = _bool(request.query_params, "all") or False
+        names = [n for n in state.dataset.sessions if show_all or state.statuses[n] != "STOPPED"]
+        return _json([session_info(n) for n in names])
+
+    async def get_session(request: Request) -> Response:
+        name = request.path_params["session"]
+        if name not in state.dataset.sessions:
+            return _json({"message": "Session not found", "error": "Not Found", "statusCode": 404}, 404)
+        return _json(session_info(name))
+
+    async def get_me(request: Request) -> Response:
+        name = request.path_params["session"]
+        if name not in state.dataset.sessions:
+            return _json({"message": "Session not found", "error": "Not Found", "statusCode": 404}, 404)
+        return _json(me_info(name))
+
+    async def list_chats(request: Request) -> Response:
+        name = request.path_params["session"]
+        if (err := running(name)) is not None:
+            return err
+        q = request.query_params
+        limit = _int(q, "limit", None, minimum=0)
+        offset = _int(q, "offset", 0, minimum=0) or 0
+        by = _enum(q, "sortBy", ("conversationTimestamp", "id", "name"), "id")
+        order = _enum(q, "sortOrder", ("desc", "asc"), "asc" if by == "id" else "desc")
+        index = state.chat_index[name]
+        items = (index.desc if order == "desc" else index.asc)[by or "id"]
+        page = items[offset:] if not limit else items[offset: offset + limit]
+        return _raw(b"[" + b",".join(page) + b"]")
+
+    async def list_messages(request: Request) -> Response:
+        name = request.path_params["session"]
+        if (err := running(name)) is not None:
+            return err
+        q = request.query_params
+        limit = _int(q, "limit", 10, minimum=0) or 10
+        offset = _int(q, "offset", 0, minimum=0) or 0
+        _bool(q, "downloadMedia")
+        _enum(q, "sortBy", ("timestamp", "messageTimestamp"), "timestamp")
+        order = _enum(q, "sortOrder", ("desc", "asc"), "desc")
+        gte = _int(q, "filter.timestamp.gte", None)
+        lte = _int(q, "filter.timestamp.lte", None)
+        from_me = _bool(q, "filter.fromMe")
+        chat_id = request.path_params["chat_id"]
+        chat = state.dataset.sessions[name].find_chat(chat_id)
+        state.stats.count_chat(chat.id if chat is not None else chat_id)
+        if chat is None:  # store engines answer an unknown chat with an empty list
+            return _raw(b"[]")
+        items, lo, hi = chat.window(gte, lte, from_me)
+        if order == "asc":
+            page = items[lo + offset: min(hi, lo + offset + limit)]
+        else:
+            end = hi - offset
+            page = items[max(lo, end - limit): end][::-1] if end > lo else []
+        blobs = [e.blob for e in page if e.blob is not None]  # hidden reactions dropped AFTER slicing
+        return _raw(b"[" + b",".join(blobs) + b"]")  # type: ignore[arg-type]
+
+    async def list_lids(request: Request) -> Response:
+        name = request.path_params["session"]
+        if (err := running(name)) is not None:
+            return err
+        q = request.query_params
+        limit = _int(q, "limit", 100, minimum=0) or 100
+        offset = _int(q, "offset", 0, minimum=0) or 0
+        lids = state.dataset.sessions[name].lids
+        keys = sorted(lids)[offset: offset + limit]
+        return _json([{"lid": f"{k}@lid", "pn": f"{lids[k]}@c.us"} for k in keys])
+
+    async def count_lids(request: Request) -> Response:
+        name = request.path_params["session"]
+        if (err := running(name)) is not None:
+            return err
+        return _json({"count": len(state.dataset.sessions[name].lids)})
+
+    async def get_lid(request: Request) -> Response:
+        name = request.path_params["session"]
+        if (err := running(name)) is not None:
+            return err
+        lid = request.path_params["lid"].split("@", 1)[0]
+        pn = state.dataset.sessions[name].lids.get(lid)
+        return _json({"lid": f"{lid}@lid", "pn": f"{pn}@c.us" if pn else None})
+
+    async def get_pn(request: Request) -> Response:
+        name = request.path_params["session"]
+        if (err := running(name)) is not None:
+            return err
+        phone = request.path_params["phone"].split("@", 1)[0].lstrip("+")
+        lid = state.dataset.sessions[name].pn_to_lid.get(phone)
+        return _json({"lid": f"{lid}@lid" if lid else None, "pn": f"{phone}@c.us"})
+
+    # ---- control plane (/_sim), kept apart from the WAHA API like moto's /moto-api
+    async def sim_stats(request: Request) -> Response:
+        return _json(state.stats.snapshot())
+
+    async def sim_reset_stats(request: Request) -> Response:
+        state.stats.reset()
+        return _json({"ok": True})
+
+    async def sim_set_status(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            body = orjson.loads(await request.body())
+            state.set_status(name, body["status"])
+        except KeyError:
+            return _json({"message": f"unknown session {name!r} or missing 'status'", "statusCode": 404}, 404)
+        except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+            return _json({"message": str(exc) or f"status must be one of {SESSION_STATUSES}",
+                          "statusCode": 400}, 400)
+        return _json(session_info(name))
+
+    async def sim_faults(request: Request) -> Response:
+        if request.method == "POST":
+            body = orjson.loads(await request.body() or b"{}")
+            f = state.faults
+            for k in ("latency_ms", "jitter_ms"):
+                if k in body:
+                    setattr(f, k, float(body[k]))
+            if "max_concurrent" in body:
+                f.max_concurrent = int(body["max_concurrent"]) if body["max_concurrent"] else None
+        return _json(state.faults.to_dict())
+
+    async def sim_truth(request: Request) -> Response:
+        q = request.query_params
+        session = q.get("session") or next(iter(state.dataset.sessions))
+        if session not in state.dataset.sessions:
+            return _json({"message": f"unknown session {session!r}", "statusCode": 404}, 404)
+        end = _int(q, "window_end", state.dataset.anchor)
+        assert end is not None
+        truth = ground_truth(
+            state.dataset, session,
+            window_start=_int(q, "window_start", None), window_end=end,
+            timeout_minutes=_int(q, "timeout_minutes", 30) or 30,
+            plan_time=_int(q, "plan_time", end),
+            include_groups=_bool(q, "include_groups") or False,
+            tenant_id=q.get("tenant_id") or "default",
+        )
+        return _json(truth)
+
+    async def sim_dataset(request: Request) -> Response:
+        ds = state.dataset
+        return _json({"anchor": ds.anchor, "seed": ds.spec.seed,
+                      "sessions": {n: {**s.counts(), "status": state.statuses[n], "tenant_id": s.tenant_id}
+                                   for n, s in ds.sessions.items()}})
+
+    routes = [
+        Route("/ping", ping),
+        Route("/health", health),
+        Route("/api/server/version", version),
+        Route("/api/sessions", list_sessions),
+        Route("/api/sessions/{session}", get_session),
+        Route("/api/sessions/{session}/me", get_me),
+        Route("/api/{session}/chats", list_chats),
+        Route("/api/{session}/chats/{chat_id}/messages", list_messages),
+        Route("/api/{session}/lids", list_lids),
+        Route("/api/{session}/lids/count", count_lids),
+        Route("/api/{session}/lids/pn/{phone}", get_pn),
+        Route("/api/{session}/lids/{lid}", get_lid),
+        Route("/_sim/stats", sim_stats),
+        Route("/_sim/reset-stats", sim_reset_stats, methods=["POST"]),
+        Route("/_sim/sessions/{name}/status", sim_set_status, methods=["POST"]),
+        Route("/_sim/faults", sim_faults, methods=["GET", "POST"]),
+        Route("/_sim/truth", sim_truth),
+        Route("/_sim/dataset", sim_dataset),
+    ]
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return _json({"message": f"Cannot {request.method} {request.url.path}", "error": "Not Found",
+                      "statusCode": 404}, 404)
+
+    async def bad_request(request: Request, exc: Exception) -> Response:
+        return _bad([str(exc)])
+
+    async def method_not_allowed(request: Request, exc: Exception) -> Response:
+        return _json({"message": f"Cannot {request.method} {request.url.path}", "error": "Not Found",
+                      "statusCode": 404}, 404)
+
+    app = Starlette(routes=routes, exception_handlers={404: not_found, 405: method_not_allowed,
+                                                       BadRequest: bad_request})
+    app.add_middleware(SimMiddleware, state=state)
+    return app

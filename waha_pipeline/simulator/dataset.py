@@ -1,0 +1,678 @@
+"""A deterministic synthetic WhatsApp history, shaped like the account the old importer mangled.
+
+Why its own code: the simulator is the referee. Every traps the importer must handle (chat-id kinds, lid
+mappings, bursts around the 30-minute session timeout, shared seconds, malformed and duplicated messages,
+engine pages shortened by hidden reactions) is generated here from plain rules, and `truth.py` derives the
+expected CRM rows from the same generation facts, never from importer code.
+
+Everything is a pure function of (seed, session name, sizes, anchor): `random.Random` seeded with a string is
+stable across processes (sha512 of the string), so the same spec and anchor always give the same bytes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import orjson
+
+# Chat kinds (how the chat is generated; the importer only ever sees the wire form).
+DIRECT = "direct"  # "<digits>@c.us" as a string
+DIRECT_OBJ = "direct_obj"  # @c.us chat whose id arrives as a WEBJS-style object {server,user,_serialized}
+DIRECT_SWA = "direct_swa"  # @c.us chat whose id arrives as "<digits>@s.whatsapp.net"
+LID_MAPPED = "lid_mapped"  # "<n>@lid", phone known, and that phone has no @c.us chat
+LID_DUP = "lid_dup"  # "<n>@lid", phone known, and that phone also has a @c.us chat (same contact)
+LID_UNKNOWN = "lid_unknown"  # "<n>@lid", pn null in the lid map
+GROUP = "group"  # "...@g.us"
+STATUS = "status"  # "status@broadcast"
+BROADCAST = "broadcast"  # "<id>@broadcast"
+NEWSLETTER = "newsletter"  # "<n>@newsletter"
+
+DIRECT_KINDS = frozenset({DIRECT, DIRECT_OBJ, DIRECT_SWA})
+LID_KINDS = frozenset({LID_MAPPED, LID_DUP, LID_UNKNOWN})
+ONE_TO_ONE_KINDS = DIRECT_KINDS | LID_KINDS
+ALL_KINDS = (DIRECT, DIRECT_OBJ, DIRECT_SWA, LID_MAPPED, LID_DUP, LID_UNKNOWN, GROUP, STATUS, BROADCAST, NEWSLETTER)
+
+CONTENT_TYPES = ("text", "image", "video", "audio", "voice", "document", "sticker", "location", "contact", "other")
+_CONTENT_WEIGHTS = (70, 8, 3, 2, 5, 3, 3, 2, 2, 2)
+
+# Malformed message defects (SPEC 6.8); the cycle order decides which ones a small dataset gets.
+DEFECTS = ("missing_id", "missing_timestamp", "string_timestamp", "fromme_not_bool")
+
+TIMEOUT_SECONDS = 30 * 60  # the default session timeout the bursts are shaped around
+_BRT = timezone(timedelta(hours=-3))
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """One WAHA session (a CRM channel). Sizes default to the DatasetSpec's."""
+
+    name: str = "demo"
+    status: str = "WORKING"
+    tenant_id: str | None = None  # -> config.metadata.tenant_id when set
+    chats: int | None = None
+    target_messages: int | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    seed: int = 7
+    chats: int = 1176
+    target_messages: int = 5700
+    anchor: int | None = None  # Unix second "now" of the dataset; None -> the caller supplies one
+    history_days: int = 365
+    sessions: tuple[SessionSpec, ...] = (SessionSpec(),)
+    reaction_every: int = 12  # ~1 hidden reaction per this many messages (GOWS drops them from pages)
+
+
+class StoredMessage:
+    """One item of a chat's store, in serving order. `blob` is the exact JSON served (None = hidden)."""
+
+    __slots__ = (
+        "ts", "sort_id", "seq", "from_me", "blob", "external_id", "body", "content_type",
+        "push_name", "participant", "defect",
+    )
+
+    def __init__(
+        self, ts: int, sort_id: str, seq: int, from_me: bool, blob: bytes | None, external_id: str | None,
+        body: str | None, content_type: str, push_name: str | None, participant: str | None,
+        defect: str | None,
+    ) -> None:
+        self.ts = ts  # timestamp used to sort and filter (also for malformed items, whose wire value is bad)
+        self.sort_id = sort_id  # tie-breaker: the id ("" when missing)
+        self.seq = seq  # second tie-breaker so duplicated ids still have a total order
+        self.from_me = from_me  # direction used by filter.fromMe
+        self.blob = blob
+        self.external_id = external_id
+        self.body = body
+        self.content_type = content_type
+        self.push_name = push_name  # _data.Info.PushName of an inbound message
+        self.participant = participant
+        self.defect = defect  # None for good messages, a DEFECTS value for malformed ones
+
+    @property
+    def hidden(self) -> bool:
+        return self.blob is None
+
+    def raw(self) -> dict | None:
+        return None if self.blob is None else orjson.loads(self.blob)
+
+
+@dataclass
+class SimChat:
+    id: str  # normalized: "<d>@c.us", "<n>@lid", "...@g.us", "status@broadcast", "<x>@broadcast", "<n>@newsletter"
+    kind: str
+    wire_id: str | dict  # what /chats returns
+    name: str | None
+    entries: list[StoredMessage] = field(default_factory=list)  # sorted by (ts, sort_id, seq)
+    ts: list[int] = field(default_factory=list)  # entries' ts, for bisect
+    _by_dir: dict[bool, tuple[list[int], list[StoredMessage]]] | None = None
+
+    @property
+    def conversation_timestamp(self) -> int | None:
+        for e in reversed(self.entries):
+            if e.blob is not None:
+                return e.ts
+        return None
+
+    def finalize(self) -> None:
+        self.entries.sort(key=lambda e: (e.ts, e.sort_id, e.seq))
+        self.ts = [e.ts for e in self.entries]
+        self._by_dir = None
+
+    def by_direction(self, from_me: bool) -> tuple[list[int], list[StoredMessage]]:
+        if self._by_dir is None:
+            split: dict[bool, tuple[list[int], list[StoredMessage]]] = {True: ([], []), False: ([], [])}
+            for e in self.entries:
+                ts, items = split[e.from_me]
+                ts.append(e.ts)
+                items.append(e)
+            self._by_dir = split
+        return self._by_dir[from_me]
+
+    def window(self, gte: int | None, lte: int | None, from_me: bool | None) -> tuple[list[StoredMessage], int, int]:
+        """(items, lo, hi): items[lo:hi] are the stored entries with gte <= ts <= lte (and direction)."""
+        ts, items = (self.ts, self.entries) if from_me is None else self.by_direction(from_me)
+        lo = 0 if gte is None else bisect.bisect_left(ts, gte)
+        hi = len(ts) if lte is None else bisect.bisect_right(ts, lte)
+        return items, lo, max(lo, hi)
+
+    def raw_messages(self) -> list[dict]:
+        """Every served message (hidden reactions excluded), ascending, exactly as the API returns it."""
+        return [orjson.loads(e.blob) for e in self.entries if e.blob is not None]
+
+
+@dataclass
+class SimSession:
+    name: str
+    status: str
+    tenant_id: str | None
+    me_phone: str
+    me_lid: str
+    me_push_name: str
+    chats: list[SimChat]
+    lids: dict[str, str]  # lid digits -> phone digits (only known mappings)
+    chats_by_id: dict[str, SimChat] = field(default_factory=dict)  # normalized ids and wire aliases
+    pn_to_lid: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for chat in self.chats:
+            self.chats_by_id[chat.id] = chat
+            if chat.kind == DIRECT_SWA:
+                self.chats_by_id[chat.id.replace("@c.us", "@s.whatsapp.net")] = chat
+        self.pn_to_lid = {pn: lid for lid, pn in self.lids.items()}
+
+    def find_chat(self, chat_id: str) -> SimChat | None:
+        chat = self.chats_by_id.get(chat_id)
+        if chat is None and chat_id.isdigit():  # WAHA's ensureSuffix: bare digits mean @c.us
+            chat = self.chats_by_id.get(chat_id + "@c.us")
+        if chat is None and chat_id.endswith("@s.whatsapp.net"):
+            chat = self.chats_by_id.get(chat_id[: -len("@s.whatsapp.net")] + "@c.us")
+        return chat
+
+    def counts(self) -> dict[str, int]:
+        kinds = {k: 0 for k in ALL_KINDS}
+        served = hidden = malformed = 0
+        for chat in self.chats:
+            kinds[chat.kind] += 1
+            for e in chat.entries:
+                if e.blob is None:
+                    hidden += 1
+                else:
+                    served += 1
+                    malformed += e.defect is not None
+        return {"chats": len(self.chats), **{f"chats_{k}": v for k, v in kinds.items()},
+                "served_messages": served, "hidden_reactions": hidden, "malformed": malformed,
+                "lid_mappings": len(self.lids)}
+
+
+@dataclass
+class Dataset:
+    spec: DatasetSpec
+    anchor: int
+    sessions: dict[str, SimSession]
+
+
+# ---------------------------------------------------------------------------------------------- builders
+
+_FIRST = ("Maria", "Ana", "João", "Pedro", "Lucas", "Juliana", "Carla", "Rafael", "Fernanda", "Bruno", "Camila",
+          "Diego", "Patrícia", "Rodrigo", "Beatriz", "Gustavo", "Larissa", "Marcos", "Aline", "Thiago", "Renata",
+          "Felipe", "Vanessa", "André", "Letícia", "Paulo", "Sofia", "Mateus", "Helena", "Ricardo")
+_LAST = ("Souza", "Silva", "Oliveira", "Santos", "Pereira", "Lima", "Costa", "Ferreira", "Almeida", "Ribeiro",
+         "Carvalho", "Gomes", "Martins", "Araújo", "Rocha", "Barbosa", "Melo", "Cardoso", "Teixeira", "Dias")
+_PUSH_DECOR = ("", "", "", " 🌸", " ✨", " Vendas", " (trabalho)")
+_PHRASES = ("Boa tarde, vocês entregam em Campinas?", "Qual o valor?", "Obrigado!", "Pode me mandar o catálogo?",
+            "Ok, combinado", "Vou verificar e te retorno", "Chegou aqui, tudo certo", "Tem em estoque?",
+            "Bom dia!", "Segue o comprovante", "Qual o prazo de entrega?", "Perfeito 👍", "Aceita pix?",
+            "Amanhã passo aí", "Não recebi ainda", "Pode ser às 15h?", "Valeu!", "Preciso de 3 unidades",
+            "Me liga quando puder", "Tudo bem sim, e você?")
+_GROUP_NAMES = ("Equipe Vendas", "Família", "Condomínio Bloco B", "Fornecedores SP", "Futebol quinta",
+                "Turma 2019", "Clientes VIP", "Logística")
+
+
+def _phone(rng: random.Random, used: set[str]) -> str:
+    while True:
+        p = f"55{rng.randint(11, 99)}9{rng.randint(10_000_000, 99_999_999)}"
+        if p not in used:
+            used.add(p)
+            return p
+
+
+def _lid(rng: random.Random, used: set[str]) -> str:
+    while True:
+        lid = str(rng.randint(100_000_000_000_000, 299_999_999_999_999))
+        if lid not in used:
+            used.add(lid)
+            return lid
+
+
+def _number_name(rng: random.Random, phone: str) -> str:
+    """A chat name that is 'just the number' (SPEC 6.3) in one of the formats phones show."""
+    cc, area, rest = phone[:2], phone[2:4], phone[4:]
+    return rng.choice((f"+{cc} {area} {rest[:5]}-{rest[5:]}", f"({area}) {rest[:5]}-{rest[5:]}", f"+{phone}"))
+
+
+def _full_name(rng: random.Random) -> str:
+    return f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
+
+
+def _allocate_kinds(n: int) -> list[str]:
+    if n < 16:
+        raise ValueError(f"a simulated session needs at least 16 chats to hold every chat kind, got {n}")
+    fixed = {
+        STATUS: 1, BROADCAST: 1, NEWSLETTER: 1,
+        GROUP: max(1, round(0.04 * n)),
+        LID_MAPPED: max(1, round(0.025 * n)),
+        LID_DUP: max(1, round(0.02 * n)),
+        LID_UNKNOWN: max(1, round(0.03 * n)),
+        DIRECT_SWA: max(1, round(0.05 * n)),
+        DIRECT_OBJ: max(1, round(0.10 * n)),
+    }
+    kinds = [k for k, c in fixed.items() for _ in range(c)]
+    kinds += [DIRECT] * (n - len(kinds))
+    return kinds
+
+
+def _message_counts(rng: random.Random, n: int, total: int) -> list[int]:
+    """Heavy-tailed (Pareto) counts, each >= 1, summing exactly to `total`."""
+    weights = [rng.paretovariate(1.1) for _ in range(n)]
+    cap = max(20, total // 12)
+
+    def counts_for(k: float) -> list[int]:
+        return [min(cap, max(1, int(w * k))) for w in weights]
+
+    lo, hi = 0.0, float(total)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if sum(counts_for(mid)) < total:
+            lo = mid
+        else:
+            hi = mid
+    counts = counts_for(lo)
+    diff = total - sum(counts)
+    order = sorted(range(n), key=lambda i: -weights[i])
+    i = 0
+    while diff != 0 and i < 10 * n + abs(diff) * 2:
+        j = order[i % max(1, min(n, 20))]
+        if diff > 0:
+            counts[j] += 1
+            diff -= 1
+        elif counts[j] > 1:
+            counts[j] -= 1
+            diff += 1
+        i += 1
+    return counts
+
+
+def _burst_counts(rng: random.Random, counts: list[int], mean_target: float) -> list[int]:
+    """Number of conversations (bursts) per chat, calibrated so the mean is ~mean_target."""
+    jitter = [rng.uniform(0.6, 1.4) for _ in counts]
+
+    def bursts(c: float) -> list[int]:
+        return [min(n, max(1, round(c * n ** 0.75 * j))) for n, j in zip(counts, jitter)]
+
+    lo, hi = 0.0, 10.0
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if sum(bursts(mid)) / max(1, len(counts)) < mean_target:
+            lo = mid
+        else:
+            hi = mid
+    return bursts(hi)
+
+
+def _intra_gap(rng: random.Random) -> int:
+    r = rng.random()
+    if r < 0.14:
+        return 0  # same second as the previous message
+    if r < 0.75:
+        return rng.randint(1, 90)
+    if r < 0.95:
+        return rng.randint(91, 600)
+    return rng.randint(601, TIMEOUT_SECONDS - 1)
+
+
+def _timeline(rng: random.Random, n: int, n_bursts: int, anchor: int, history: int, pin_gap: bool) -> list[int]:
+    """Ascending timestamps: n messages in n_bursts bursts separated by more than the 30-minute timeout.
+
+    pin_gap: the first burst has an intra gap of exactly 1800 s (same session) and the gap to the next
+    burst is exactly 1801 s (new session), pinning "strictly greater than the timeout".
+    """
+    sizes = [1] * n_bursts
+    for _ in range(n - n_bursts):
+        sizes[rng.randrange(n_bursts)] += 1
+    starts = sorted(
+        anchor - (rng.randint(0, 30 * 86400) if rng.random() < 0.3 else rng.randint(0, history))
+        for _ in range(n_bursts)
+    )
+    out: list[int] = []
+    prev_end: int | None = None
+    for b, (size, planned) in enumerate(zip(sizes, starts)):
+        if prev_end is None:
+            t = planned
+        elif pin_gap and b == 1:
+            t = prev_end + TIMEOUT_SECONDS + 1
+        else:
+            t = max(planned, prev_end + TIMEOUT_SECONDS + 1 + rng.randint(0, 6 * 3600))
+        out.append(t)
+        for k in range(size - 1):
+            t += TIMEOUT_SECONDS if (pin_gap and b == 0 and k == 0) else _intra_gap(rng)
+            out.append(t)
+        prev_end = t
+    if out and out[-1] > anchor:
+        shift = out[-1] - anchor + rng.randint(0, 3600)
+        out = [t - shift for t in out]
+    return out
+
+
+def _hex_id(rng: random.Random) -> str:
+    return f"3EB0{rng.getrandbits(80):020X}"
+
+
+def _gows_message(ctype: str, body: str | None, rng: random.Random) -> tuple[dict, dict]:
+    """(top-level extras, _data.Message) for a content type, GOWS style; Info.Type/MediaType set by caller."""
+    if ctype == "text":
+        msg = {"conversation": body} if rng.random() < 0.7 else {"extendedTextMessage": {"text": body}}
+        return {"hasMedia": False}, msg
+    if ctype in ("image", "video", "document", "sticker", "audio", "voice"):
+        mime = {"image": "image/jpeg", "video": "video/mp4", "document": "application/pdf",
+                "sticker": "image/webp", "audio": "audio/mpeg", "voice": "audio/ogg; codecs=opus"}[ctype]
+        key = {"image": "imageMessage", "video": "videoMessage", "document": "documentMessage",
+               "sticker": "stickerMessage", "audio": "audioMessage", "voice": "audioMessage"}[ctype]
+        inner: dict = {"mimetype": mime}
+        if body:
+            inner["caption"] = body
+        if ctype == "voice":
+            inner.update(PTT=True, seconds=rng.randint(2, 120))
+        elif ctype == "audio":
+            inner.update(PTT=False, seconds=rng.randint(30, 300))
+        elif ctype == "document":
+            inner["fileName"] = f"pedido-{rng.randint(1000, 9999)}.pdf"
+        return {"hasMedia": True}, {key: inner}
+    if ctype == "location":
+        lat, lng = -23.5 - rng.random(), -46.6 - rng.random()
+        loc = {"latitude": f"{lat:.6f}", "longitude": f"{lng:.6f}", "live": False, "name": None, "address": None,
+               "url": None, "description": None, "thumbnail": None}
+        return {"hasMedia": False, "location": loc}, {"locationMessage": {"degreesLatitude": lat,
+                                                                          "degreesLongitude": lng}}
+    if ctype == "contact":
+        name = _full_name(rng)
+        vcard = f"BEGIN:VCARD\nVERSION:3.0\nFN:{name}\nTEL;type=CELL:+55 11 9{rng.randint(1000, 9999)}-0000\nEND:VCARD"
+        return {"hasMedia": False, "vCards": [vcard]}, {"contactMessage": {"displayName": name, "vcard": vcard}}
+    # other: a poll (content type "other"); its question is the body
+    return {"hasMedia": False}, {"pollCreationMessageV3": {"name": body, "options": [{"optionName": "Sim"},
+                                                                                        {"optionName": "Não"}]}}
+
+
+_INFO_TYPE = {"text": ("text", ""), "image": ("media", "image"), "video": ("media", "video"),
+              "audio": ("media", "audio"), "voice": ("media", "ptt"), "document": ("media", "document"),
+              "sticker": ("media", "sticker"), "location": ("media", "location"), "contact": ("media", "vcard"),
+              "other": ("poll", "")}
+
+
+class _SessionBuilder:
+    """Builds one SimSession; all randomness comes from one Random seeded by (seed, session name)."""
+
+    def __init__(self, spec: DatasetSpec, sess: SessionSpec, anchor: int) -> None:
+        self.spec, self.sess, self.anchor = spec, sess, anchor
+        self.rng = random.Random(f"waha-sim:{spec.seed}:{sess.name}")
+        self.phones: set[str] = set()
+        self.lid_pool: set[str] = set()
+        self.ids: set[str] = set()
+        self.seq = 0
+        self.me_phone = _phone(self.rng, self.phones)
+        self.me_lid = _lid(self.rng, self.lid_pool)
+        self.me_push = f"Loja {self.rng.choice(_LAST)}"
+
+    def new_hex(self) -> str:
+        while True:
+            h = _hex_id(self.rng)
+            if h not in self.ids:
+                self.ids.add(h)
+                return h
+
+    def build(self) -> SimSession:
+        rng = self.rng
+        n_chats = self.sess.chats or self.spec.chats
+        target = self.sess.target_messages or self.spec.target_messages
+        kinds = _allocate_kinds(n_chats)
+        rng.shuffle(kinds)
+        n_empty = 1 if n_chats >= 30 else 0
+        n_malformed = 4 + (target >= 2000) + (target >= 5000)
+        n_dups = max(1, target // 2500)
+        good_total = target - n_malformed - n_dups
+        lids: dict[str, str] = {}
+
+        # identities
+        chats: list[SimChat] = []
+        persons: list[dict] = []  # for the message generator: per chat who speaks and how
+        direct_idx = [i for i, k in enumerate(kinds) if k in DIRECT_KINDS]
+        dup_partners = iter(direct_idx)
+        partner_of: dict[int, int] = {}
+        for i, k in enumerate(kinds):
+            if k == LID_DUP:
+                partner_of[i] = next(dup_partners)
+        base_person: dict[int, dict] = {}
+        for i, k in enumerate(kinds):
+            if k in DIRECT_KINDS or k == LID_MAPPED:
+                base_person[i] = self._person(_phone(rng, self.phones))
+        for i, k in enumerate(kinds):
+            person: dict | None = None
+            if k in DIRECT_KINDS:
+                person = base_person[i]
+                phone = person["phone"]
+                chat_id = f"{phone}@c.us"
+                r = rng.random()
+                name = person["full"] if r < 0.6 else (_number_name(rng, phone) if r < 0.85 else None)
+                wire: str | dict = chat_id
+                if k == DIRECT_OBJ:
+                    wire = {"server": "c.us", "user": phone, "_serialized": chat_id}
+                elif k == DIRECT_SWA:
+                    wire = f"{phone}@s.whatsapp.net"
+                if rng.random() < 0.2:  # WAHA knows this phone's lid although there is no @lid chat
+                    lids[_lid(rng, self.lid_pool)] = phone
+            elif k in LID_KINDS:
+                lid = _lid(rng, self.lid_pool)
+                chat_id = wire = f"{lid}@lid"
+                if k == LID_MAPPED:
+                    person = base_person[i]
+                    lids[lid] = person["phone"]
+                elif k == LID_DUP:
+                    person = base_person[partner_of[i]]
+                    lids[lid] = person["phone"]
+                else:
+                    person = self._person(None)
+                r = rng.random()
+                name = person["full"] if r < 0.35 else None
+            elif k == GROUP:
+                chat_id = wire = f"120363{rng.randint(10**11, 10**12 - 1)}@g.us"
+                name = f"{rng.choice(_GROUP_NAMES)} {rng.randint(1, 99)}"
+                members = [self._person(_phone(rng, self.phones)) for _ in range(rng.randint(3, 8))]
+                for m in members[: rng.randint(0, 2)]:  # some participants appear as @lid
+                    m["jid"] = f"{_lid(rng, self.lid_pool)}@lid"
+                person = {"members": members}
+            elif k == STATUS:
+                chat_id = wire = "status@broadcast"
+                name = None
+                person = {"members": [self._person(_phone(rng, self.phones)) for _ in range(6)]}
+            elif k == BROADCAST:
+                chat_id = wire = f"{rng.randint(10**9, 10**10 - 1)}@broadcast"
+                name = "Lista de transmissão promoções"
+            else:
+                chat_id = wire = f"{rng.randint(10**11, 10**12 - 1)}@newsletter"
+                name = "Canal Novidades"
+                person = {"full": name, "push": [(0, name)], "phone": None}
+            chats.append(SimChat(id=chat_id, kind=k, wire_id=wire, name=name))
+            persons.append(person or {})
+        for _ in range(max(1, n_chats // 20)):  # mappings for phones that have no chat at all
+            lids[_lid(rng, self.lid_pool)] = _phone(rng, self.phones)
+
+        # message volume and conversation structure
+        empty = set(rng.sample(direct_idx, n_empty)) if n_empty else set()
+        live = [i for i in range(n_chats) if i not in empty]
+        counts = _message_counts(rng, len(live), good_total)
+        bursts = _burst_counts(rng, counts, 2.55)
+        history = self.spec.history_days * 86400
+        multi = [j for j, b in enumerate(bursts) if b >= 2 and counts[j] >= 3 and kinds[live[j]] in ONE_TO_ONE_KINDS]
+        pinned = set(rng.sample(multi, min(len(multi), max(2, len(multi) // 40))))
+        for j, i in enumerate(live):
+            times = _timeline(rng, counts[j], bursts[j], self.anchor, history, j in pinned)
+            self._fill(chats[i], persons[i], times)
+
+        self._add_reactions(chats)
+        self._add_malformed(chats, n_malformed)
+        self._add_duplicates(chats, n_dups)
+        for chat in chats:
+            chat.finalize()
+        return SimSession(name=self.sess.name, status=self.sess.status, tenant_id=self.sess.tenant_id,
+                          me_phone=self.me_phone, me_lid=self.me_lid, me_push_name=self.me_push,
+                          chats=chats, lids=lids)
+
+    def _person(self, phone: str | None) -> dict:
+        rng = self.rng
+        full = _full_name(rng)
+        first = full.split()[0]
+        push = [(0, first + rng.choice(_PUSH_DECOR))]
+        if rng.random() < 0.1:  # changed their push name at some point: the latest inbound one wins
+            push.append((self.anchor - rng.randint(0, 200 * 86400), rng.choice(_FIRST)))
+        return {"phone": phone, "full": full, "push": sorted(push), "jid": f"{phone}@c.us" if phone else None}
+
+    @staticmethod
+    def _push_at(person: dict, ts: int) -> str:
+        name = person["push"][0][1]
+        for since, n in person["push"]:
+            if ts >= since:
+                name = n
+        return name
+
+    def _fill(self, chat: SimChat, person: dict, times: list[int]) -> None:
+        rng = self.rng
+        from_me = rng.random() < 0.25
+        for pos, ts in enumerate(times):
+            if pos > 0:
+                new_burst = ts - times[pos - 1] > TIMEOUT_SECONDS
+                if new_burst:
+                    from_me = rng.random() < 0.25
+                elif rng.random() < 0.55:
+                    from_me = not from_me
+            if chat.kind == BROADCAST:
+                from_me = True
+            elif chat.kind == NEWSLETTER:
+                from_me = False
+            self._emit(chat, person, ts, from_me)
+
+    def _emit(self, chat: SimChat, person: dict, ts: int, from_me: bool, *, defect: str | None = None) -> None:
+        rng = self.rng
+        ctype = rng.choices(CONTENT_TYPES, _CONTENT_WEIGHTS)[0]
+        if ctype == "text":
+            body: str | None = f"{rng.choice(_PHRASES)} #{rng.randint(1, 9999)}"
+        elif ctype == "other":
+            body = "Qual horário prefere?"
+        elif ctype in ("image", "video", "document") and rng.random() < 0.4:
+            body = f"{rng.choice(_PHRASES)}"
+        else:
+            body = None
+        me_jid = f"{self.me_phone}@c.us"
+        participant: str | None = None
+        speaker = person
+        if chat.kind in (GROUP, STATUS):
+            speaker = rng.choice(person["members"])
+            participant = me_jid if from_me else speaker["jid"]
+        h = self.new_hex()
+        ext_id = f"{'true' if from_me else 'false'}_{chat.id}_{h}" + (f"_{participant}" if participant else "")
+        push = self.me_push if from_me else self._push_at(speaker, ts)
+        itype, mtype = _INFO_TYPE[ctype]
+        extras, message = _gows_message(ctype, body, rng)
+        chat_jid = chat.id.replace("@c.us", "@s.whatsapp.net")
+        sender = me_jid if from_me else (participant or chat.id)
+        raw: dict = {
+            "id": ext_id,
+            "timestamp": ts,
+            "from": me_jid if from_me else chat.id,
+            "fromMe": from_me,
+            "source": "app",
+            "to": chat.id if from_me else me_jid,
+            "participant": participant,
+            "body": body,
+            "hasMedia": False,
+            "media": None,
+            "ack": rng.randint(1, 4) if from_me else 3,
+            "ackName": None,
+            "location": None,
+            "vCards": [],
+            "replyTo": None,
+            "_data": {
+                "Info": {"Chat": chat_jid, "Sender": sender.replace("@c.us", "@s.whatsapp.net"),
+                         "IsFromMe": from_me, "IsGroup": chat.kind == GROUP, "ID": h, "Type": itype,
+                         "MediaType": mtype, "PushName": push,
+                         "Timestamp": datetime.fromtimestamp(ts, _BRT).isoformat()},
+                "Message": message,
+            },
+        }
+        raw.update(extras)
+        raw["ackName"] = {1: "SERVER", 2: "DEVICE", 3: "READ", 4: "PLAYED"}[raw["ack"]]
+        if defect == "missing_id":
+            del raw["id"]
+            ext_id_out: str | None = None
+        else:
+            ext_id_out = ext_id
+        if defect == "missing_timestamp":
+            del raw["timestamp"]
+        elif defect == "string_timestamp":
+            raw["timestamp"] = "ontem às 14:05"
+        elif defect == "fromme_not_bool":
+            raw["fromMe"] = "true" if from_me else "false"
+        self.seq += 1
+        chat.entries.append(StoredMessage(
+            ts=ts, sort_id=ext_id_out or "", seq=self.seq, from_me=from_me, blob=orjson.dumps(raw),
+            external_id=ext_id_out, body=body, content_type=ctype, push_name=None if from_me else push,
+            participant=participant, defect=defect))
+
+    def _add_reactions(self, chats: list[SimChat]) -> None:
+        """Hidden items the server drops after slicing a page (GOWS skips reactions): pages come back short."""
+        every = self.spec.reaction_every
+        if every <= 0:
+            return
+        k = 0
+        for chat in chats:
+            for e in list(chat.entries):
+                k += 1
+                if k % every:
+                    continue
+                self.seq += 1
+                h = self.new_hex()
+                rid = f"{'false' if e.from_me else 'true'}_{chat.id}_{h}"
+                chat.entries.append(StoredMessage(
+                    ts=min(self.anchor, e.ts + self.rng.randint(0, 5)), sort_id=rid, seq=self.seq, from_me=not e.from_me,
+                    blob=None, external_id=rid, body=None, content_type="reaction", push_name=None,
+                    participant=None, defect=None))
+
+    def _good_one_to_one(self, chats: list[SimChat]) -> list[SimChat]:
+        return [c for c in chats if c.kind in ONE_TO_ONE_KINDS
+                and sum(1 for e in c.entries if e.blob is not None and e.defect is None) >= 2]
+
+    def _add_malformed(self, chats: list[SimChat], n: int) -> None:
+        rng = self.rng
+        hosts = self._good_one_to_one(chats)
+        for k in range(n):
+            chat = hosts[rng.randrange(len(hosts))]
+            good = [e for e in chat.entries if e.blob is not None and e.defect is None]
+            # sit next to a recent message of the chat so typical windows include it
+            anchor_msg = max(good, key=lambda e: e.ts)
+            self._emit(chat, self._host_person(good), anchor_msg.ts, rng.random() < 0.5,
+                       defect=DEFECTS[k % len(DEFECTS)])
+
+    @staticmethod
+    def _host_person(good: list[StoredMessage]) -> dict:
+        names = [e.push_name for e in good if e.push_name]
+        return {"push": [(0, names[-1] if names else "Cliente")], "jid": None}
+
+    def _add_duplicates(self, chats: list[SimChat], n: int) -> None:
+        rng = self.rng
+        hosts = self._good_one_to_one(chats)
+        for _ in range(n):
+            chat = hosts[rng.randrange(len(hosts))]
+            good = [e for e in chat.entries if e.blob is not None and e.defect is None]
+            e = good[rng.randrange(len(good))]
+            self.seq += 1
+            chat.entries.append(StoredMessage(
+                ts=e.ts, sort_id=e.sort_id, seq=self.seq, from_me=e.from_me, blob=e.blob, external_id=e.external_id,
+                body=e.body, content_type=e.content_type, push_name=e.push_name, participant=e.participant,
+                defect=None))
+
+
+def build_dataset(spec: DatasetSpec, anchor: int | None = None) -> Dataset:
+    """Build every session of the spec. `anchor` (Unix s) overrides spec.anchor; None -> now, floored."""
+    import time
+
+    if anchor is None:
+        anchor = spec.anchor if spec.anchor is not None else int(time.time())
+    anchor = int(math.floor(anchor))
+    names = [s.name for s in spec.sessions]
+    if not names or len(set(names)) != len(names):
+        raise ValueError(f"session names must be unique and non-empty, got {names}")
+    sessions = {s.name: _SessionBuilder(spec, s, anchor).build() for s in spec.sessions}
+    return Dataset(spec=spec, anchor=anchor, sessions=sessions)
