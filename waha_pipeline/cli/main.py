@@ -94,12 +94,11 @@ def _fail(code: int, message: str) -> int:
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from waha_pipeline.simulator.dataset import DatasetSpec
+    from waha_pipeline.simulator.dataset import DatasetSpec, SessionSpec
     from waha_pipeline.simulator.server import serve_forever
 
-    spec = DatasetSpec(seed=args.seed, chats=args.chats, target_messages=args.messages)
-    if args.session:
-        spec = DatasetSpec(seed=args.seed, chats=args.chats, target_messages=args.messages, sessions=tuple(args.session))
+    sessions = tuple(SessionSpec(name=name) for name in args.session or ["demo"])
+    spec = DatasetSpec(seed=args.seed, chats=args.chats, target_messages=args.messages, sessions=sessions)
     serve_forever(spec, port=args.port, api_key=args.api_key or settings.waha_api_key)
     return EXIT_OK
 
