@@ -1,0 +1,309 @@
+"""The steps of one chunk's transaction (SPEC 6.3-6.6), each a set-based statement against staged frames.
+
+Order matters for the foreign keys and the unique lid: contacts (lid-only merges) -> messages -> rejects
+-> sessions of the affected contacts -> statuses of the channel -> ledger row.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pandas as pd
+import sqlalchemy as sa
+
+from waha_pipeline.crm import ledger, sql, staging
+from waha_pipeline.crm.records import CommitResult
+from waha_pipeline.crm.schema import UUID_T, channels, contacts, import_plans, message_rejects, messages
+from waha_pipeline.crm.schema import sessions, to_seconds, to_utc
+from waha_pipeline.crm.staging import stage_assign, stage_contacts, stage_merges, stage_messages, stage_rejects
+from waha_pipeline.crm.staging import stage_sessions
+from waha_pipeline.domain.batch import CONTACT_COLUMNS, MESSAGE_COLUMNS, REJECT_COLUMNS, ChunkBatch
+from waha_pipeline.domain.sessions import assign_sessions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    plan_time: int
+    timeout_minutes: int
+
+
+def commit_chunk(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
+    ctx = batch.context
+    ledger.lock_chunk(conn, ctx.plan_id, ctx.chunk_key)
+    settings = _effective_settings(conn, ctx.channel_id, ctx.plan_time, ctx.session_timeout_minutes)
+    contact_frame, message_frame = _prepare(conn, ctx.tenant_id, batch)
+    reject_frame = batch.rejects.drop_duplicates("id") if len(batch.rejects) else batch.rejects
+
+    staging.create(conn)
+    staging.load(conn, stage_contacts, contact_frame)
+    merged, other_channels = _upsert_contacts(conn, ctx.tenant_id)
+    staging.load(conn, stage_messages, message_frame)
+    inserted = _insert_messages(conn, ctx.tenant_id, ctx.channel_id)
+    staging.load(conn, stage_rejects, reject_frame)
+    _insert_rejects(conn, ctx.tenant_id, ctx.channel_id)
+
+    # The chunk's contacts, plus stored phone contacts that lid-only chats of this chunk resolved to.
+    chunk_contacts = sa.union(sa.select(stage_contacts.c.id), sa.select(stage_messages.c.contact_id))
+    n_sessions = _recompute_sessions(conn, ctx.tenant_id, ctx.channel_id, chunk_contacts, settings)
+    for channel_id in other_channels:  # a merged lid-only contact also had messages in other channels
+        other = _effective_settings(conn, channel_id, settings.plan_time, None)
+        _recompute_sessions(conn, ctx.tenant_id, channel_id, sa.select(stage_merges.c.new_id), other)
+    _update_statuses(conn, ctx.channel_id, settings)
+
+    counts = {
+        "chats": batch.chats,
+        "messages": len(message_frame),
+        "rejects": len(reject_frame),
+        "sessions": n_sessions,
+        "contacts": len(contact_frame),
+    }
+    ledger.mark_chunk_committed(conn, ctx.plan_id, ctx.chunk_key, counts)
+    staging.drop(conn)
+    return CommitResult(
+        messages_inserted=inserted,
+        messages_total=len(message_frame),
+        sessions=n_sessions,
+        contacts=len(contact_frame),
+        rejects=len(reject_frame),
+        contacts_merged=merged,
+    )
+
+
+def _effective_settings(conn: sa.Connection, channel_id: str, plan_time: int, timeout: int | None) -> _Settings:
+    """The chunk's plan settings, unless the ledger holds a later plan of the channel (its settings win, 6.4)."""
+    row = conn.execute(
+        sa.select(import_plans.c.plan_time, import_plans.c.session_timeout_minutes)
+        .where(import_plans.c.channel_id == channel_id)
+        .order_by(import_plans.c.plan_time.desc(), import_plans.c.created_at.desc())
+        .limit(1)
+    ).first()
+    if row is not None and (timeout is None or to_seconds(row.plan_time) > plan_time):
+        return _Settings(to_seconds(row.plan_time), row.session_timeout_minutes)
+    if timeout is None:
+        timeout = conn.execute(
+            sa.select(channels.c.session_timeout_minutes).where(channels.c.id == channel_id)
+        ).scalar_one_or_none() or 30
+    return _Settings(plan_time, timeout)
+
+
+def _prepare(conn: sa.Connection, tenant_id: str, batch: ChunkBatch) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Dedupe the frames and point lid-only contacts whose lid a phone contact carries at that contact."""
+    frame = batch.contacts.loc[:, list(CONTACT_COLUMNS)].astype(CONTACT_COLUMNS)
+    frame = frame.groupby("id", sort=False, dropna=False).last().reset_index()  # last non-null per column
+    msgs = batch.messages.drop_duplicates("external_id", keep="first") if len(batch.messages) else batch.messages
+    msgs = msgs.astype({k: v for k, v in MESSAGE_COLUMNS.items() if k in msgs.columns})
+
+    lid_only = frame["phone"].isna() & frame["lid"].notna()
+    if lid_only.any():
+        holders = frame.loc[frame["phone"].notna() & frame["lid"].notna(), ["lid", "id"]]
+        stored = conn.execute(
+            sa.select(contacts.c.lid, contacts.c.id).where(
+                contacts.c.tenant_id == tenant_id,
+                contacts.c.phone.is_not(None),
+                contacts.c.lid.in_(frame.loc[lid_only, "lid"].tolist()),
+            )
+        ).all()
+        by_lid = {str(lid): str(cid) for lid, cid in stored}
+        by_lid.update(dict(zip(holders["lid"], holders["id"], strict=True)))
+        redirect = {
+            old: by_lid[lid] for old, lid in zip(frame.loc[lid_only, "id"], frame.loc[lid_only, "lid"], strict=True)
+            if lid in by_lid and by_lid[lid] != old
+        }
+        if redirect:
+            log.info("chunk %s: %d lid-only contacts resolved to phone contacts", batch.context.chunk_key, len(redirect))
+            frame = frame[~frame["id"].isin(list(redirect))]
+            msgs = msgs.assign(contact_id=msgs["contact_id"].replace(redirect))
+    # Two phone contacts of one chunk cannot share a lid (unique per tenant): the last one keeps it.
+    duplicate_lid = frame["lid"].notna() & frame.duplicated("lid", keep="last")
+    frame.loc[duplicate_lid, "lid"] = pd.NA
+    return frame, msgs
+
+
+def _upsert_contacts(conn: sa.Connection, tenant_id: str) -> tuple[int, list[str]]:
+    """Upsert the chunk's contacts; merge lid-only contacts into the phone contact that now carries their lid.
+
+    Returns the number of merged contacts and the other channels their messages lived in.
+    """
+    s, c = stage_contacts.c, contacts.c
+    # A lid now mapped to another phone moves to that phone (WAHA's latest mapping wins, as a clean import would).
+    taken_elsewhere = sa.exists().where(
+        s.lid == c.lid, s.phone.is_not(None), s.id != c.id
+    )
+    conn.execute(
+        sa.update(contacts)
+        .where(c.tenant_id == tenant_id, c.phone.is_not(None), taken_elsewhere)
+        .values(lid=None, updated_at=sa.func.now())
+    )
+    # Lid-only contacts whose lid an incoming phone contact carries: merge them into it (SPEC 6.3).
+    conn.execute(
+        sa.insert(stage_merges).from_select(
+            ["old_id", "new_id"],
+            sa.select(c.id, s.id)
+            .join(stage_contacts, sa.and_(s.lid == c.lid, s.id != c.id))
+            .where(c.tenant_id == tenant_id, c.phone.is_(None), s.phone.is_not(None)),
+        )
+    )
+    m = stage_merges.c
+    pending_merge = s.id.in_(sa.select(m.new_id))
+
+    stmt = sql.insert(contacts, conn.dialect)
+    select = sa.select(
+        s.id,
+        sa.literal(tenant_id, sa.Text),
+        s.phone,
+        sa.case((pending_merge, sa.null()), else_=s.lid),  # set after the merge frees the lid
+        s.group_id,
+        s.name,
+    ).where(sa.true())  # SQLite: INSERT ... SELECT needs a WHERE before ON CONFLICT
+    stmt = stmt.from_select(["id", "tenant_id", "phone", "lid", "group_id", "name"], select)
+    new_lid = sa.func.coalesce(stmt.excluded.lid, c.lid)
+    new_name = sa.func.coalesce(stmt.excluded.name, c.name)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["id"],
+            set_={"lid": new_lid, "name": new_name, "updated_at": sa.func.now()},
+            where=sa.or_(new_lid.is_distinct_from(c.lid), new_name.is_distinct_from(c.name)),
+        )
+    )
+
+    merged = conn.execute(sa.select(sa.func.count()).select_from(stage_merges)).scalar_one()
+    if not merged:
+        return 0, []
+    old_ids = sa.select(m.old_id)
+    other_channels = [
+        str(ch)
+        for ch in conn.execute(sa.select(messages.c.channel_id).where(messages.c.contact_id.in_(old_ids)).distinct())
+        .scalars()
+    ]
+    old = contacts.alias("old")
+    conn.execute(
+        sa.update(contacts)
+        .where(c.id.in_(sa.select(m.new_id)), c.name.is_(None))
+        .values(
+            name=sa.select(old.c.name)
+            .join(stage_merges, m.old_id == old.c.id)
+            .where(m.new_id == c.id)
+            .scalar_subquery()
+        )
+    )
+    conn.execute(
+        sa.update(messages)
+        .where(messages.c.contact_id == m.old_id)
+        .values(contact_id=m.new_id, session_id=None)
+    )
+    conn.execute(sa.delete(sessions).where(sessions.c.contact_id.in_(old_ids)))
+    conn.execute(sa.delete(contacts).where(c.id.in_(old_ids)))
+    conn.execute(
+        sa.update(contacts)
+        .where(c.id == s.id, c.id.in_(sa.select(m.new_id)), s.lid.is_not(None))
+        .values(lid=s.lid, updated_at=sa.func.now())
+    )
+    log.info("merged %d lid-only contacts into phone contacts", merged)
+    return int(merged), other_channels
+
+
+def _insert_messages(conn: sa.Connection, tenant_id: str, channel_id: str) -> int:
+    sm = stage_messages.c
+    columns = ["id", "tenant_id", "channel_id", "contact_id", "chat_id", "external_id", "from_me", "sent_at",
+               "content_type", "body", "sender_id", "push_name"]  # fmt: skip
+    select = sa.select(
+        sm.id,
+        sa.literal(tenant_id, sa.Text),
+        sa.literal(channel_id, UUID_T),
+        sm.contact_id,
+        sm.chat_id,
+        sm.external_id,
+        sm.from_me,
+        sql.from_epoch(sm.sent_at),
+        sm.content_type,
+        sm.body,
+        sm.sender_id,
+        sm.push_name,
+    ).where(sa.true())
+    stmt = sql.insert(messages, conn.dialect).from_select(columns, select)
+    result = conn.execute(
+        stmt.on_conflict_do_nothing(index_elements=["channel_id", "external_id"]),
+        execution_options={"preserve_rowcount": True},  # SQLAlchemy reports INSERT rowcounts only on request
+    )
+    return max(int(result.rowcount), 0)
+
+
+def _insert_rejects(conn: sa.Connection, tenant_id: str, channel_id: str) -> None:
+    sr = stage_rejects.c
+    select = sa.select(
+        sr.id, sa.literal(tenant_id, sa.Text), sa.literal(channel_id, UUID_T), sr.chat_id, sr.external_id,
+        sr.reason, sr.payload,
+    ).where(sa.true())  # fmt: skip
+    stmt = sql.insert(message_rejects, conn.dialect).from_select(
+        ["id", "tenant_id", "channel_id", "chat_id", "external_id", "reason", "payload"], select
+    )
+    conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
+
+
+def _recompute_sessions(
+    conn: sa.Connection, tenant_id: str, channel_id: str, contact_ids: sa.Select[tuple[str]] | sa.CompoundSelect[tuple[str]], settings: _Settings
+) -> int:
+    """Sessions of these contacts in the channel from every stored message (new ones are stored by now)."""
+    m = messages.c
+    rows = conn.execute(
+        sa.select(m.id, m.contact_id, m.external_id, sql.epoch_seconds(m.sent_at).label("sent_at"), m.from_me,
+                  m.session_id)  # fmt: skip
+        .where(m.channel_id == channel_id, m.contact_id.in_(contact_ids))
+    ).all()
+    stored = pd.DataFrame(rows, columns=["id", "contact_id", "external_id", "sent_at", "from_me", "session_id"])
+    stored = stored.astype({"id": "string", "contact_id": "string", "external_id": "string", "sent_at": "int64",
+                            "from_me": "bool", "session_id": "string"})  # fmt: skip
+    per_row, new_sessions = assign_sessions(
+        stored[["contact_id", "external_id", "sent_at", "from_me"]],
+        channel_id=channel_id,
+        timeout_minutes=settings.timeout_minutes,
+        plan_time=settings.plan_time,
+    )
+    staging.clear(conn, stage_sessions)
+    staging.clear(conn, stage_assign)
+    staging.load(conn, stage_sessions, new_sessions)
+    ss = stage_sessions.c
+    stmt = sql.insert(sessions, conn.dialect)
+    select = sa.select(
+        ss.id, sa.literal(tenant_id, sa.Text), sa.literal(channel_id, UUID_T), ss.contact_id,
+        sql.from_epoch(ss.started_at), sql.from_epoch(ss.ended_at), ss.message_count, ss.messages_from_contact,
+        ss.messages_from_agent, ss.status,
+    ).where(sa.true())  # fmt: skip
+    stmt = stmt.from_select(
+        ["id", "tenant_id", "channel_id", "contact_id", "started_at", "ended_at", "message_count",
+         "messages_from_contact", "messages_from_agent", "status"], select,
+    )  # fmt: skip
+    changing = ["started_at", "ended_at", "message_count", "messages_from_contact", "messages_from_agent", "status"]
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["id"],
+            set_={name: stmt.excluded[name] for name in changing},
+            where=sa.or_(*(sessions.c[name].is_distinct_from(stmt.excluded[name]) for name in changing)),
+        )
+    )
+    changed = stored["session_id"].ne(per_row).fillna(True)
+    staging.load(
+        conn, stage_assign, pd.DataFrame({"message_id": stored.loc[changed, "id"], "session_id": per_row[changed]})
+    )
+    sa_ = stage_assign.c
+    conn.execute(sa.update(messages).where(m.id == sa_.message_id).values(session_id=sa_.session_id))
+    conn.execute(
+        sa.delete(sessions).where(
+            sessions.c.channel_id == channel_id,
+            sessions.c.contact_id.in_(contact_ids),
+            sessions.c.id.not_in(sa.select(ss.id)),
+        )
+    )
+    return len(new_sessions)
+
+
+def _update_statuses(conn: sa.Connection, channel_id: str, settings: _Settings) -> None:
+    """Every session of the channel: closed when it ended more than the timeout before plan_time (SPEC 6.4)."""
+    cutoff = to_utc(settings.plan_time - settings.timeout_minutes * 60)
+    status = sa.case((sessions.c.ended_at < cutoff, sa.literal("closed")), else_=sa.literal("open"))
+    conn.execute(
+        sa.update(sessions).where(sessions.c.channel_id == channel_id, sessions.c.status != status).values(status=status)
+    )

@@ -1,0 +1,143 @@
+"""Per-transaction staging tables and the bulk load into them (PostgreSQL COPY, SQLite executemany).
+
+A chunk's frames are loaded into TEMP tables once, and every write to the CRM tables is then one set-based
+`INSERT ... SELECT` / `UPDATE ... FROM` against them: no per-row round trips, no SELECT-then-INSERT dedup.
+On PostgreSQL the tables are `ON COMMIT DROP`; on SQLite they are dropped and re-created per chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from waha_pipeline.crm.schema import UUID_T
+
+_meta = sa.MetaData()
+
+
+def _temp(name: str, *columns: sa.Column[Any]) -> sa.Table:
+    return sa.Table(name, _meta, *columns, prefixes=["TEMPORARY"], postgresql_on_commit="DROP")
+
+
+stage_contacts = _temp(
+    "stage_contacts",
+    sa.Column("id", UUID_T, primary_key=True),
+    sa.Column("phone", sa.Text),
+    sa.Column("lid", sa.Text),
+    sa.Column("group_id", sa.Text),
+    sa.Column("name", sa.Text),
+)
+
+stage_merges = _temp(
+    "stage_merges",
+    sa.Column("old_id", UUID_T, primary_key=True),  # the lid-only contact that disappears
+    sa.Column("new_id", UUID_T, nullable=False),  # the phone contact that takes its messages and lid
+)
+
+stage_messages = _temp(
+    "stage_messages",
+    sa.Column("id", UUID_T),
+    sa.Column("contact_id", UUID_T),
+    sa.Column("chat_id", sa.Text),
+    sa.Column("external_id", sa.Text),
+    sa.Column("from_me", sa.Boolean),
+    sa.Column("sent_at", sa.BigInteger),
+    sa.Column("content_type", sa.Text),
+    sa.Column("body", sa.Text),
+    sa.Column("sender_id", sa.Text),
+    sa.Column("push_name", sa.Text),
+)
+
+stage_rejects = _temp(
+    "stage_rejects",
+    sa.Column("id", UUID_T),
+    sa.Column("chat_id", sa.Text),
+    sa.Column("external_id", sa.Text),
+    sa.Column("reason", sa.Text),
+    sa.Column("payload", sa.Text),
+)
+
+stage_sessions = _temp(
+    "stage_sessions",
+    sa.Column("id", UUID_T, primary_key=True),
+    sa.Column("contact_id", UUID_T),
+    sa.Column("started_at", sa.BigInteger),
+    sa.Column("ended_at", sa.BigInteger),
+    sa.Column("message_count", sa.Integer),
+    sa.Column("messages_from_contact", sa.Integer),
+    sa.Column("messages_from_agent", sa.Integer),
+    sa.Column("status", sa.Text),
+)
+
+stage_assign = _temp(
+    "stage_assign",
+    sa.Column("message_id", UUID_T, primary_key=True),
+    sa.Column("session_id", UUID_T),
+)
+
+ALL = (stage_contacts, stage_merges, stage_messages, stage_rejects, stage_sessions, stage_assign)
+
+
+def create(conn: sa.Connection) -> None:
+    """Create every staging table inside the current transaction."""
+    for table in ALL:
+        if conn.dialect.name == "sqlite":
+            table.drop(conn, checkfirst=True)  # left over only if a connection was reused after a crash
+        table.create(conn)
+
+
+def drop(conn: sa.Connection) -> None:
+    """SQLite keeps TEMP tables for the connection's life; PostgreSQL drops them at commit by itself."""
+    if conn.dialect.name == "sqlite":
+        for table in ALL:
+            table.drop(conn, checkfirst=True)
+
+
+def clear(conn: sa.Connection, table: sa.Table) -> None:
+    conn.execute(table.delete())
+
+
+def load(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> int:
+    """Bulk-load the frame's columns named like the table's (missing ones as NULL); returns the row count."""
+    names = [c.name for c in table.columns]
+    rows = list(zip(*(_python_values(frame, name) for name in names), strict=True)) if len(frame) else []
+    if not rows:
+        return 0
+    if conn.dialect.name == "postgresql":
+        _copy(conn, table.name, names, rows)
+    else:
+        placeholders = ", ".join("?" for _ in names)
+        conn.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({placeholders})", rows)
+    return len(rows)
+
+
+def _copy(conn: sa.Connection, table: str, names: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
+    driver_connection = conn.connection.driver_connection  # psycopg 3, inside the same transaction
+    with driver_connection.cursor() as cursor:  # type: ignore[union-attr]
+        with cursor.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
+
+def _python_values(frame: pd.DataFrame, name: str) -> list[Any]:
+    """One column as plain Python values, missing -> None (drivers adapt neither pd.NA nor numpy scalars)."""
+    if name not in frame.columns:
+        return [None] * len(frame)
+    series = frame[name]
+    if pd.api.types.is_bool_dtype(series.dtype) and not series.hasnans:
+        return [bool(v) for v in series.tolist()]
+    if pd.api.types.is_integer_dtype(series.dtype) and not series.hasnans:
+        return [int(v) for v in series.tolist()]
+    return [None if _missing(v) else _plain(v) for v in series.astype(object).tolist()]
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
+
+
+def _plain(value: Any) -> Any:
+    item = getattr(value, "item", None)  # numpy scalar -> Python scalar
+    return item() if callable(item) and not isinstance(value, str) else value

@@ -1,0 +1,174 @@
+"""CrmStore: the CRM database behind one SQLAlchemy engine (PostgreSQL in production, SQLite embedded).
+
+`commit_chunk` writes a chunk's contacts, messages, rejects, sessions and ledger row in ONE transaction
+(SPEC 6.6), idempotently (SPEC 6.7): staged bulk loads, `INSERT ... ON CONFLICT`, deterministic ids, and
+sessions recomputed inside the transaction from every stored + new message of the affected contacts.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+
+from waha_pipeline.crm import commit, ledger, sql
+from waha_pipeline.crm.records import ChannelRecord, ChunkRecord, CommitResult, PlanRecord
+from waha_pipeline.crm.schema import channels, import_chunks, import_plans, message_rejects, messages, sessions
+from waha_pipeline.domain import ids
+from waha_pipeline.domain.batch import ChunkBatch, conform
+from waha_pipeline.domain.planning import ChannelPlan, PlannedChat
+
+log = logging.getLogger(__name__)
+
+STORED_MESSAGE_COLUMNS = {"contact_id": "string", "external_id": "string", "sent_at": "int64", "from_me": "bool"}
+
+
+class CrmStore:
+    """All CRM reads and writes; every method opens its own short transaction."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, url: str | sa.URL) -> CrmStore:
+        return cls(sql.create_engine(url))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- channels -------------------------------------------------------------------------------------------
+
+    def ensure_channel(self, tenant_id: str, waha_session: str, name: str | None) -> ChannelRecord:
+        """Create or refresh the channel (name only); its session timeout setting is never overwritten."""
+        channel_id = ids.channel_id(tenant_id, waha_session)
+        with self.engine.begin() as conn:
+            stmt = sql.insert(channels, conn.dialect).values(
+                id=channel_id, tenant_id=tenant_id, waha_session=waha_session, name=name
+            )
+            new_name = sa.func.coalesce(stmt.excluded.name, channels.c.name)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["id"],
+                    set_={"name": new_name, "updated_at": sa.func.now()},
+                    where=new_name.is_distinct_from(channels.c.name),
+                )
+            )
+            row = conn.execute(sa.select(channels).where(channels.c.id == channel_id)).one()
+        return _channel_record(row._mapping)
+
+    def get_channel(self, tenant_id: str, waha_session: str) -> ChannelRecord | None:
+        return self._one_channel(channels.c.tenant_id == tenant_id, channels.c.waha_session == waha_session)
+
+    def channel_by_id(self, channel_id: str) -> ChannelRecord | None:
+        return self._one_channel(channels.c.id == channel_id)
+
+    def find_channel(self, waha_session: str) -> ChannelRecord | None:
+        """The channel of that WAHA session in any tenant; the most recently updated when several exist."""
+        return self._one_channel(channels.c.waha_session == waha_session)
+
+    def _one_channel(self, *where: sa.ColumnElement[bool]) -> ChannelRecord | None:
+        stmt = sa.select(channels).where(*where).order_by(channels.c.updated_at.desc(), channels.c.created_at.desc())
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt.limit(1)).first()
+        return None if row is None else _channel_record(row._mapping)
+
+    # -- ledger ---------------------------------------------------------------------------------------------
+
+    def record_plan(self, tenant_id: str, channel_id: str, plan: ChannelPlan, plan_id: str) -> None:
+        with self.engine.begin() as conn:
+            ledger.record_plan(conn, tenant_id, channel_id, plan, plan_id)
+
+    def latest_plan(self, channel_id: str) -> PlanRecord | None:
+        with self.engine.connect() as conn:
+            return ledger.latest_plan(conn, channel_id)
+
+    def get_plan(self, plan_id: str) -> PlanRecord | None:
+        with self.engine.connect() as conn:
+            return ledger.get_plan(conn, plan_id)
+
+    def plan_chunks(self, plan_id: str) -> list[ChunkRecord]:
+        with self.engine.connect() as conn:
+            return ledger.plan_chunks(conn, plan_id)
+
+    def load_chunk(self, plan_id: str, chunk_key: str) -> tuple[ChunkRecord, list[PlannedChat]]:
+        with self.engine.connect() as conn:
+            return ledger.load_chunk(conn, plan_id, chunk_key)
+
+    def latest_chunk(self, chunk_key: str) -> tuple[PlanRecord, ChunkRecord, list[PlannedChat]] | None:
+        """The chunk of that key in the most recent plan that has it (a partition key names no plan)."""
+        with self.engine.connect() as conn:
+            plan_id = conn.execute(
+                sa.select(import_plans.c.id)
+                .join(import_chunks, import_chunks.c.plan_id == import_plans.c.id)
+                .where(import_chunks.c.chunk_key == chunk_key)
+                .order_by(import_plans.c.plan_time.desc(), import_plans.c.created_at.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            if plan_id is None:
+                return None
+            plan = ledger.get_plan(conn, str(plan_id))
+            chunk, chats = ledger.load_chunk(conn, str(plan_id), chunk_key)
+        assert plan is not None
+        return plan, chunk, chats
+
+    def committed_chunk_keys(self, plan_id: str) -> set[str]:
+        with self.engine.connect() as conn:
+            return ledger.committed_chunk_keys(conn, plan_id)
+
+    def mark_chunk_started(self, plan_id: str, chunk_key: str) -> None:
+        with self.engine.begin() as conn:
+            ledger.mark_chunk_started(conn, plan_id, chunk_key)
+
+    def mark_chunk_failed(self, plan_id: str, chunk_key: str, error: str) -> None:
+        with self.engine.begin() as conn:
+            ledger.mark_chunk_failed(conn, plan_id, chunk_key, error)
+
+    # -- readers --------------------------------------------------------------------------------------------
+
+    def stored_messages(self, channel_id: str, contact_ids: list[str]) -> pd.DataFrame:
+        """Every stored message of these contacts in the channel: contact_id, external_id, sent_at, from_me."""
+        if not contact_ids:
+            return conform(pd.DataFrame(), STORED_MESSAGE_COLUMNS)
+        stmt = sa.select(
+            messages.c.contact_id,
+            messages.c.external_id,
+            sql.epoch_seconds(messages.c.sent_at).label("sent_at"),
+            messages.c.from_me,
+        ).where(messages.c.channel_id == channel_id, messages.c.contact_id.in_(sorted(set(contact_ids))))
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return conform(pd.DataFrame(rows, columns=list(STORED_MESSAGE_COLUMNS)), STORED_MESSAGE_COLUMNS)
+
+    def counts(self, channel_id: str) -> dict[str, int]:
+        """Row counts of the channel: messages, contacts (with a message in it), sessions, rejects."""
+        m = messages.c
+        queries = {
+            "messages": sa.select(sa.func.count()).select_from(messages).where(m.channel_id == channel_id),
+            "contacts": sa.select(sa.func.count(sa.distinct(m.contact_id))).where(m.channel_id == channel_id),
+            "sessions": sa.select(sa.func.count()).select_from(sessions).where(sessions.c.channel_id == channel_id),
+            "rejects": sa.select(sa.func.count())
+            .select_from(message_rejects)
+            .where(message_rejects.c.channel_id == channel_id),
+        }
+        with self.engine.connect() as conn:
+            return {name: int(conn.execute(stmt).scalar_one()) for name, stmt in queries.items()}
+
+    # -- the chunk transaction --------------------------------------------------------------------------------
+
+    def commit_chunk(self, batch: ChunkBatch) -> CommitResult:
+        """Commit the chunk in one transaction; on any error nothing of it is written and the error is raised."""
+        with self.engine.begin() as conn:
+            return commit.commit_chunk(conn, batch)
+
+
+def _channel_record(m: Any) -> ChannelRecord:
+    return ChannelRecord(
+        id=str(m["id"]),
+        tenant_id=m["tenant_id"],
+        waha_session=m["waha_session"],
+        name=m["name"],
+        session_timeout_minutes=m["session_timeout_minutes"],
+    )
+
