@@ -255,7 +255,16 @@ def create_app(state: SimulatorState) -> Starlette:
         else:
             end = hi - offset
             page = items[max(lo, end - limit): end][::-1] if end > lo else []
-        blobs = [e.blob for e in page if e.blob is not None]  # hidden reactions dropped AFTER slicing
+        blobs = [e.blob for e in page if e.blob is not None]  # hidden reactions dropped AFTER slicing: short page
+        if page and not blobs:
+            # The slice held only hidden items. Serve the next visible one (the next page repeats it; clients
+            # dedupe by id) so that an empty page always means the end, as SPEC 8 paging relies on.
+            step = 1 if order == "asc" else -1
+            i = (lo + offset + len(page)) if order == "asc" else (hi - offset - len(page) - 1)
+            while lo <= i < hi and items[i].blob is None:
+                i += step
+            if lo <= i < hi:
+                blobs = [items[i].blob]
         return _raw(b"[" + b",".join(blobs) + b"]")  # type: ignore[arg-type]
 
     async def list_lids(request: Request) -> Response:
