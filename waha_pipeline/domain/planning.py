@@ -5,7 +5,15 @@ Pure: the caller passes the raw chat list, the lid mapping and `plan_time`; noth
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+from waha_pipeline.domain.chat_ids import ChatKind, classify_chat_id, is_importable, normalize_chat_id, user_part
+from waha_pipeline.domain.identity import is_just_the_number
 
 
 @dataclass(frozen=True)
@@ -44,3 +52,158 @@ class ChannelPlan:
     include_groups: bool
     chunks: tuple[ChunkPlan, ...]
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> number of chats not imported
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Planning functions
+
+
+_SLUG_MAX = 60
+_DAY = 86_400
+
+
+def channel_slug(waha_session: str) -> str:
+    """Partition-key-safe name of a WAHA session: `[a-z0-9-]`, at most 60 chars, never empty.
+
+    A session name that is already a valid slug is kept as is. Any lossy mapping (case, punctuation, length)
+    appends `-` + 6 hex chars of sha1(name), so "Acme Sales" and "acme sales!" never share chunk keys.
+    """
+    base = re.sub(r"[^a-z0-9]+", "-", waha_session.lower()).strip("-")
+    if base == waha_session and 0 < len(base) <= _SLUG_MAX:
+        return base
+    digest = hashlib.sha1(waha_session.encode("utf-8")).hexdigest()[:6]
+    base = base[: _SLUG_MAX - 7].rstrip("-")
+    return f"{base}-{digest}" if base else digest
+
+
+def chunk_key(slug: str, index: int) -> str:
+    return f"{slug}.c{index:04d}"
+
+
+def plan_window(plan_time: int, days: int) -> tuple[int | None, int]:
+    """Inclusive `[plan_time - days*86400, plan_time]`; days 0 drops the lower bound only (SPEC 6.1)."""
+    if days < 0:
+        raise ValueError(f"days must be >= 0, got {days}")
+    return (None if days == 0 else plan_time - days * _DAY), plan_time
+
+
+def _digits(value: str | None) -> str | None:
+    """Accept `'5511...'`, `'5511...@c.us'` or `'2039...@lid'` from the lid mapping; keep digits only."""
+    if not value or not isinstance(value, str):
+        return None
+    normalized = normalize_chat_id(value) if "@" in value else value.strip()
+    user = user_part(normalized) if normalized else ""
+    return user if user.isascii() and user.isdigit() else None
+
+
+def _name(raw: object) -> str | None:
+    return (raw.strip() or None) if isinstance(raw, str) else None
+
+
+def _name_rank(name: str | None) -> tuple[bool, bool, str]:
+    """Deterministic choice among duplicate listings of one chat: a real name beats a number beats nothing."""
+    return (name is None, is_just_the_number(name), name or "")
+
+
+def _contact_key(chat: PlannedChat) -> str:
+    if chat.phone:
+        return f"p:{chat.phone}"
+    if chat.lid:
+        return f"l:{chat.lid}"
+    return f"g:{chat.group_id or chat.chat_id}"
+
+
+def _chunk_groups(groups: list[list[PlannedChat]], chunk_size: int) -> list[list[PlannedChat]]:
+    """Fill chunks up to chunk_size without ever splitting a contact's chats (an oversized one stands alone)."""
+    chunks: list[list[PlannedChat]] = []
+    current: list[PlannedChat] = []
+    for group in groups:
+        if current and len(current) + len(group) > chunk_size:
+            chunks.append(current)
+            current = []
+        current.extend(group)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def plan_channel(
+    raw_chats: Iterable[dict],
+    lid_to_phone: Mapping[str, str | None],
+    *,
+    waha_session: str,
+    plan_time: int,
+    days: int,
+    chunk_size: int,
+    session_timeout_minutes: int,
+    include_groups: bool,
+) -> ChannelPlan:
+    """Filter, resolve and chunk a channel's chat list; the same inputs in any order give the same plan.
+
+    Duplicate listings of one chat collapse to one (the best name wins, so listing order cannot change the
+    plan; each extra listing is counted as skipped "duplicate"). A contact's @c.us chat and the @lid chats
+    mapped to its phone land in one chunk, so one chunk owns all of that contact's messages and sessions.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    window_start, window_end = plan_window(plan_time, days)
+    phone_of: dict[str, str | None] = {}
+    for raw_lid, raw_phone in lid_to_phone.items():
+        lid = _digits(raw_lid)
+        if lid:
+            phone_of[lid] = _digits(raw_phone)
+    lid_of: dict[str, str] = {}
+    for lid, phone in sorted(phone_of.items()):
+        if phone:
+            lid_of.setdefault(phone, lid)  # smallest lid wins if WAHA maps two lids to one phone
+
+    skipped: Counter[str] = Counter()
+    names: dict[str, str | None] = {}
+    kinds: dict[str, ChatKind] = {}
+    for raw in raw_chats:
+        chat_id = normalize_chat_id(raw.get("id")) if isinstance(raw, dict) else None
+        if chat_id is None:
+            skipped["no_id"] += 1
+            continue
+        name = _name(raw.get("name"))
+        if chat_id in names:
+            skipped["duplicate"] += 1
+            names[chat_id] = min(names[chat_id], name, key=_name_rank)
+            continue
+        names[chat_id] = name
+        kinds[chat_id] = classify_chat_id(chat_id)
+
+    planned: list[PlannedChat] = []
+    for chat_id, kind in kinds.items():
+        if not is_importable(kind, include_groups=include_groups):
+            skipped[kind.value] += 1
+            continue
+        digits = user_part(chat_id)
+        if kind is ChatKind.DIRECT:
+            chat = PlannedChat(chat_id, kind.value, names[chat_id], phone=digits, lid=lid_of.get(digits))
+        elif kind is ChatKind.LID:
+            chat = PlannedChat(chat_id, kind.value, names[chat_id], phone=phone_of.get(digits), lid=digits)
+        else:
+            chat = PlannedChat(chat_id, kind.value, names[chat_id], phone=None, lid=None, group_id=chat_id)
+        planned.append(chat)
+
+    planned.sort(key=lambda c: (_contact_key(c), c.chat_id))
+    groups = [list(g) for _, g in itertools.groupby(planned, key=_contact_key)]
+    slug = channel_slug(waha_session)
+    chunks = tuple(
+        ChunkPlan(key=chunk_key(slug, k), index=k, chats=tuple(chats))
+        for k, chats in enumerate(_chunk_groups(groups, chunk_size))
+    )
+    return ChannelPlan(
+        waha_session=waha_session,
+        channel_slug=slug,
+        plan_time=plan_time,
+        window_start=window_start,
+        window_end=window_end,
+        days=days,
+        chunk_size=chunk_size,
+        session_timeout_minutes=session_timeout_minutes,
+        include_groups=include_groups,
+        chunks=chunks,
+        skipped=dict(sorted(skipped.items())),
+    )

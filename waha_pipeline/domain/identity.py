@@ -1,0 +1,106 @@
+"""Contacts of one chunk: which contact each chat's messages belong to, and its name (SPEC 6.3).
+
+Resolves within the plan only (phone, lid, group id); merging with contacts already stored is the store's job.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from waha_pipeline.domain import ids
+from waha_pipeline.domain.batch import CONTACT_COLUMNS, conform, empty_frame
+
+if TYPE_CHECKING:
+    from waha_pipeline.domain.planning import PlannedChat
+
+_NUMBER_NOISE = re.compile(r"[+\-() ]")
+
+
+def is_just_the_number(name: str | None) -> bool:
+    """True when a name carries no more than the phone number (only digits after removing `+ - ( )` and spaces).
+
+    WAHA fills a chat's name with the number when the address book has none; such a name must not hide a
+    real push name. An empty or missing name counts as "just the number" (it says nothing either).
+    """
+    if not name:
+        return True
+    rest = _NUMBER_NOISE.sub("", name)
+    return rest == "" or (rest.isascii() and rest.isdigit())
+
+
+def chat_contact_id(tenant_id: str, chat: PlannedChat) -> str:
+    """The contact a chat belongs to: by phone when known (so @c.us and mapped @lid chats meet), else lid, else group."""
+    return ids.contact_id(tenant_id, phone=chat.phone, lid=chat.lid, group_id=chat.group_id)
+
+
+def _chat_name(chats: Sequence[PlannedChat]) -> str | None:
+    """A real chat name, preferring the @c.us chat's (the address-book name) over a @lid chat's."""
+    named = [c for c in chats if not is_just_the_number(c.name)]
+    named.sort(key=lambda c: (c.kind != "direct", c.chat_id))
+    return named[0].name if named else None
+
+
+def _latest_push_names(messages: pd.DataFrame) -> dict[str, str]:
+    """contact_id -> push name of its latest inbound message that has one, ordered by (sent_at, external_id)."""
+    if "push_name" not in messages.columns or messages.empty:
+        return {}
+    push = messages["push_name"].astype("string").str.strip()
+    keep = ~messages["from_me"].astype(bool).to_numpy() & push.fillna("").ne("").to_numpy()
+    inbound = pd.DataFrame(
+        {
+            "contact_id": messages["contact_id"].to_numpy()[keep],
+            "sent_at": messages["sent_at"].to_numpy()[keep],
+            "external_id": messages["external_id"].to_numpy()[keep],
+            "push_name": push.to_numpy()[keep],
+        }
+    )
+    latest = inbound.sort_values(["contact_id", "sent_at", "external_id"]).drop_duplicates("contact_id", keep="last")
+    return dict(zip(latest["contact_id"], latest["push_name"], strict=True))
+
+
+def resolve_contacts(
+    chats: Sequence[PlannedChat], messages: pd.DataFrame, *, tenant_id: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Contacts of the chunk (CONTACT_COLUMNS) and the messages with `contact_id` filled.
+
+    Only contacts with at least one message in `messages` are returned (SPEC 6.3). A group's push names belong
+    to its participants, so a group is never named after one of them. A message whose chat is not among
+    `chats` is a caller bug and raises ValueError rather than producing an orphan row.
+    """
+    members: dict[str, list[PlannedChat]] = {}
+    contact_of_chat: dict[str, str] = {}
+    for chat in chats:
+        cid = chat_contact_id(tenant_id, chat)
+        contact_of_chat[chat.chat_id] = cid
+        members.setdefault(cid, []).append(chat)
+
+    out = messages.copy()
+    mapped = out["chat_id"].map(contact_of_chat)
+    if mapped.isna().any():
+        strays = sorted(set(out.loc[mapped.isna(), "chat_id"].astype(str)))
+        raise ValueError(f"messages of chats that are not in the chunk: {strays[:5]}")
+    out["contact_id"] = mapped.astype("string")
+    if out.empty:
+        return empty_frame(CONTACT_COLUMNS), out
+
+    push_names = _latest_push_names(out)
+    rows = []
+    for cid in sorted(out["contact_id"].unique()):
+        group = members[cid]
+        lids = sorted(c.lid for c in group if c.lid)
+        group_id = next((c.group_id for c in group if c.group_id), None)
+        name = _chat_name(group) or (None if group_id else push_names.get(cid))
+        rows.append(
+            {
+                "id": cid,
+                "phone": next((c.phone for c in group if c.phone), None),
+                "lid": lids[0] if lids else None,
+                "group_id": group_id,
+                "name": name,
+            }
+        )
+    return conform(pd.DataFrame(rows, columns=list(CONTACT_COLUMNS)), CONTACT_COLUMNS), out

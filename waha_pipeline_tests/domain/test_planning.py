@@ -1,0 +1,248 @@
+"""Pins channel planning: slugs and chunk keys, the window, which chats are skipped and counted, identity
+resolution from the lid map, and chunking (a contact's chats never split; order of the chat list irrelevant)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from waha_pipeline.domain.planning import (
+    ChannelPlan,
+    PlannedChat,
+    channel_slug,
+    chunk_key,
+    plan_channel,
+    plan_window,
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+# FIXTURES
+
+PLAN_TIME = 1_760_000_000
+
+
+def plan(raw_chats: list[dict], lid_to_phone: dict[str, str | None] | None = None, **kw: object) -> ChannelPlan:
+    args: dict = dict(
+        waha_session="acme", plan_time=PLAN_TIME, days=180, chunk_size=50, session_timeout_minutes=30,
+        include_groups=False,
+    )
+    args.update(kw)
+    return plan_channel(raw_chats, lid_to_phone or {}, **args)
+
+
+def all_chats(p: ChannelPlan) -> list[PlannedChat]:
+    return [c for chunk in p.chunks for c in chunk.chats]
+
+
+def contact_of(c: PlannedChat) -> str:
+    return c.phone or c.lid or c.group_id or c.chat_id
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TESTS: slugs, keys, windows
+
+SLUG_CASES = [
+    ("acme-sales", "acme-sales"),
+    ("default", "default"),
+    ("Acme Sales!", "acme-sales-"),
+    ("acme_sales", "acme-sales-"),
+    ("ACME", "acme-"),
+    ("vendas.sp", "vendas-sp-"),
+    ("!!!", ""),
+    ("", ""),
+    ("São Paulo", "s-o-paulo-"),
+    ("x" * 61, "x" * 53 + "-"),
+]
+
+
+@pytest.mark.parametrize(("session", "prefix"), SLUG_CASES, ids=[c[0][:20] or "empty" for c in SLUG_CASES])
+def test_channel_slug_shape(session: str, prefix: str) -> None:
+    slug = channel_slug(session)
+    assert re.fullmatch(r"[a-z0-9-]{1,60}", slug), slug
+    assert slug.startswith(prefix)
+    if session and session == prefix:
+        assert slug == session  # a valid slug is kept as is
+    else:
+        assert re.fullmatch(r"[0-9a-f]{6}", slug.removeprefix(prefix))  # lossy: hash suffix
+
+
+def test_lossy_slugs_do_not_collide() -> None:
+    names = ["Acme Sales", "acme sales", "acme_sales", "acme.sales", "ACME-SALES", "acme-sales", "x" * 61, "x" * 62]
+    slugs = [channel_slug(n) for n in names]
+    assert len(set(slugs)) == len(names), slugs
+
+
+@given(st.text(max_size=80))
+def test_channel_slug_always_valid(session: str) -> None:
+    assert re.fullmatch(r"[a-z0-9-]{1,60}", channel_slug(session))
+
+
+def test_chunk_key() -> None:
+    assert chunk_key("acme", 0) == "acme.c0000"
+    assert chunk_key("acme", 12) == "acme.c0012"
+
+
+WINDOW_CASES = [(180, (PLAN_TIME - 180 * 86_400, PLAN_TIME)), (1, (PLAN_TIME - 86_400, PLAN_TIME)), (0, (None, PLAN_TIME))]
+
+
+@pytest.mark.parametrize(("days", "window"), WINDOW_CASES, ids=["180d", "1d", "whole-history"])
+def test_plan_window(days: int, window: tuple[int | None, int]) -> None:
+    assert plan_window(PLAN_TIME, days) == window
+
+
+def test_plan_window_rejects_negative_days() -> None:
+    with pytest.raises(ValueError, match="days"):
+        plan_window(PLAN_TIME, -1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TESTS: filtering, identity, dedupe
+
+
+def test_skipped_kinds_are_counted() -> None:
+    raw = [
+        {"id": "5511@c.us"},
+        {"id": "120363@g.us"},
+        {"id": "120364@g.us"},
+        {"id": "status@broadcast"},
+        {"id": "123@broadcast"},
+        {"id": "999@newsletter"},
+        {"id": "x@example.com"},
+        {"id": None},
+        {"name": "no id"},
+        "not a dict",
+        {"id": "5511@s.whatsapp.net"},  # duplicate of the first once normalized
+    ]
+    p = plan(raw)  # type: ignore[arg-type]
+    assert [c.chat_id for c in all_chats(p)] == ["5511@c.us"]
+    assert p.skipped == {
+        "broadcast": 1, "duplicate": 1, "group": 2, "newsletter": 1, "no_id": 3, "status": 1, "unknown": 1,
+    }
+
+
+def test_groups_imported_when_asked() -> None:
+    p = plan([{"id": "120363@g.us", "name": "Equipe"}, {"id": "5511@c.us"}], include_groups=True)
+    group = next(c for c in all_chats(p) if c.kind == "group")
+    assert group == PlannedChat("120363@g.us", "group", "Equipe", phone=None, lid=None, group_id="120363@g.us")
+    assert "group" not in p.skipped
+
+
+IDENTITY_CASES = [
+    ("direct, no lid", {"id": "5511@c.us"}, {}, ("direct", "5511", None)),
+    ("direct, lid known", {"id": "5511@c.us"}, {"99": "5511"}, ("direct", "5511", "99")),
+    ("lid, phone known", {"id": "99@lid"}, {"99": "5511"}, ("lid", "5511", "99")),
+    ("lid, phone unknown", {"id": "99@lid"}, {"99": None}, ("lid", None, "99")),
+    ("lid, not in map", {"id": "99@lid"}, {}, ("lid", None, "99")),
+    ("map in jid form", {"id": "99@lid"}, {"99@lid": "5511@c.us"}, ("lid", "5511", "99")),
+    ("object id", {"id": {"_serialized": "5511@c.us"}}, {}, ("direct", "5511", None)),
+]
+
+
+@pytest.mark.parametrize(("raw", "lids", "expected"), [c[1:] for c in IDENTITY_CASES], ids=[c[0] for c in IDENTITY_CASES])
+def test_identity_from_lid_map(raw: dict, lids: dict, expected: tuple) -> None:
+    (chat,) = all_chats(plan([raw], lids))
+    assert (chat.kind, chat.phone, chat.lid) == expected
+
+
+def test_duplicate_listing_keeps_the_real_name_in_any_order() -> None:
+    listings = [{"id": "5511@c.us", "name": "+55 11"}, {"id": "5511@s.whatsapp.net", "name": "Maria"}, {"id": "5511@c.us"}]
+    for order in (listings, listings[::-1], listings[1:] + listings[:1]):
+        (chat,) = all_chats(plan(order))
+        assert chat.name == "Maria"
+
+
+def test_window_and_settings_recorded() -> None:
+    p = plan([{"id": "5511@c.us"}], days=0, session_timeout_minutes=45, waha_session="Acme Sales!")
+    assert (p.window_start, p.window_end, p.plan_time) == (None, PLAN_TIME, PLAN_TIME)
+    assert p.session_timeout_minutes == 45
+    assert p.chunks[0].key == f"{channel_slug('Acme Sales!')}.c0000"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TESTS: chunking
+
+
+def test_chunk_sizes_and_keys() -> None:
+    raw = [{"id": f"55{i:04d}@c.us"} for i in range(7)]
+    p = plan(raw, chunk_size=3)
+    assert [len(c.chats) for c in p.chunks] == [3, 3, 1]
+    assert [c.key for c in p.chunks] == ["acme.c0000", "acme.c0001", "acme.c0002"]
+    assert [c.index for c in p.chunks] == [0, 1, 2]
+    assert all_chats(p) == sorted(all_chats(p), key=lambda c: c.chat_id)
+
+
+def test_contact_group_closes_chunk_early_and_big_group_stands_alone() -> None:
+    raw = [{"id": "5501@c.us"}, {"id": "5502@c.us"}, {"id": "5503@c.us"}, {"id": "91@lid"}, {"id": "92@lid"}]
+    p = plan(raw, {"91": "5503", "92": "5503"}, chunk_size=2)
+    assert [c.chat_ids for c in p.chunks] == [["5501@c.us", "5502@c.us"], ["5503@c.us", "91@lid", "92@lid"]]
+
+
+def test_empty_chat_list() -> None:
+    p = plan([])
+    assert p.chunks == () and p.skipped == {}
+
+
+def test_chunk_size_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="chunk_size"):
+        plan([], chunk_size=0)
+
+
+# Random chat lists: phones, lids (mapped to some phone, to none, or unmapped), groups, junk and duplicates.
+phones = st.sampled_from([f"55{i:03d}" for i in range(12)])
+lids = st.sampled_from([f"9{i:03d}" for i in range(12)])
+raw_chat = st.one_of(
+    phones.map(lambda p: {"id": f"{p}@c.us", "name": None}),
+    phones.map(lambda p: {"id": {"_serialized": f"{p}@s.whatsapp.net"}, "name": "N"}),
+    lids.map(lambda lid: {"id": f"{lid}@lid", "name": None}),
+    st.sampled_from([{"id": "1203@g.us"}, {"id": "status@broadcast"}, {"id": None}, {"id": "7@newsletter"}]),
+)
+scenario = st.tuples(
+    st.lists(raw_chat, max_size=40),
+    st.dictionaries(lids, st.one_of(st.none(), phones), max_size=12),
+    st.integers(1, 6),
+    st.booleans(),
+    st.randoms(use_true_random=False),
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(scenario)
+def test_property_contact_never_split_and_sizes_respected(case: tuple) -> None:
+    raw, lid_map, size, groups, _ = case
+    p = plan(raw, lid_map, chunk_size=size, include_groups=groups)
+    owner: dict[str, int] = {}
+    for chunk in p.chunks:
+        contacts = {contact_of(c) for c in chunk.chats}
+        for contact in contacts:
+            assert owner.setdefault(contact, chunk.index) == chunk.index, f"contact {contact} split over chunks"
+        assert chunk.chats, "no empty chunk"
+        assert len(chunk.chats) <= size or len(contacts) == 1
+    for before, after in zip(p.chunks, p.chunks[1:]):
+        first = contact_of(after.chats[0])
+        group_len = sum(contact_of(c) == first for c in after.chats)
+        assert len(before.chats) + group_len > size, "a chunk closed before it was full"
+    chat_ids = [c.chat_id for c in all_chats(p)]
+    assert len(chat_ids) == len(set(chat_ids))
+    assert len(chat_ids) + sum(p.skipped.values()) == len(raw)
+
+
+@settings(max_examples=120, deadline=None)
+@given(scenario)
+def test_property_input_order_does_not_matter(case: tuple) -> None:
+    raw, lid_map, size, groups, rnd = case
+    shuffled = list(raw)
+    rnd.shuffle(shuffled)
+    lid_items = list(lid_map.items())
+    rnd.shuffle(lid_items)
+    assert plan(shuffled, dict(lid_items), chunk_size=size, include_groups=groups) == plan(
+        raw, lid_map, chunk_size=size, include_groups=groups
+    )
+
+
+def test_duplicate_names_in_opposite_orders_plan_the_same() -> None:
+    """Guard: two listings of one chat with different names in opposite orders still plan the same."""
+    a = [{"id": "5511@c.us", "name": "B"}, {"id": "5511@c.us", "name": "A"}]
+    assert plan(a) == plan(a[::-1])
