@@ -8,6 +8,7 @@ Skipped only when the simulator server module cannot be imported yet.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -28,7 +29,7 @@ try:
 except ImportError as error:  # the simulator is written concurrently; see the module docstring
     pytest.skip(f"simulator not importable: {error}", allow_module_level=True)
 
-from waha_pipeline.errors import WahaPermanentError, WahaSessionNotFound
+from waha_pipeline.errors import WahaPermanentError, WahaSessionNotFound, WahaSessionNotReady
 from waha_pipeline.waha.client import WahaClient
 from waha_pipeline.waha.models import chat_id_of, message_id_of
 
@@ -38,7 +39,7 @@ pytestmark = pytest.mark.anyio
 
 ANCHOR = 1_760_000_000
 SMALL = DatasetSpec(seed=7, chats=80, target_messages=800)
-SEED_SIZE = DatasetSpec(seed=7, chats=1176, target_messages=5700)
+MEDIUM = DatasetSpec(seed=11, chats=240, target_messages=1500)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -99,7 +100,9 @@ def client(handle: Any, **kw: Any) -> WahaClient:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("page_size", [1, 3, 7, 1000], ids=["p1", "p3", "p7", "p1000"])
+# Not page size 1: a page holding only a hidden reaction comes back empty, which ends offset paging by contract
+# (an empty page is the only end marker WAHA gives). Real page sizes (>= 50) cannot be entirely hidden.
+@pytest.mark.parametrize("page_size", [2, 3, 7, 1000], ids=["p2", "p3", "p7", "p1000"])
 async def test_every_message_exactly_once_with_short_pages(small_sim: Any, small_session: SimSession, page_size: int) -> None:
     chats = busiest(small_session, 4)
     assert any(e.hidden for c in chats for e in c.entries), "dataset should hide reactions in these chats"
@@ -189,19 +192,27 @@ async def test_sessions(small_sim: Any, small_session: SimSession) -> None:
     assert [s.name for s in listed] == ["demo"]
 
 
-async def test_fetch_many_seed_size(small_session: SimSession) -> None:
-    """The seed-sized account: every 1:1 and group chat fetched concurrently, each message exactly once."""
-    session = build_dataset(SEED_SIZE, anchor=ANCHOR).sessions["demo"]
+async def test_fetch_many_concurrently(small_session: SimSession) -> None:
+    """A few hundred 1:1 chats fetched concurrently over a 180-day window: each message exactly once, no retries.
+
+    (The seed-sized account takes ~2,000 requests; on a shared 2-core runner that is several seconds of httpx CPU,
+    too slow for this suite, so a 240-chat dataset stands in for it.)
+    """
+    session = build_dataset(MEDIUM, anchor=ANCHOR).sessions["demo"]
     chats = [c for c in session.chats if c.kind in ONE_TO_ONE_KINDS]
     lte, gte = ANCHOR, ANCHOR - 180 * 86400
-    with run_in_thread(SEED_SIZE, port=0, anchor=ANCHOR) as handle:
+    with run_in_thread(MEDIUM, port=0, anchor=ANCHOR) as handle:
+        handle.state.faults.latency_ms = 5.0  # so requests overlap on the server and the bound is observable
         async with client(handle, concurrency=16) as waha:
             got = await waha.fetch_many("demo", [c.id for c in chats], gte=gte, lte=lte, page_size=500)
             stats = waha.stats()
+        served = handle.stats()
     assert list(got) == [c.id for c in chats]
     for chat in chats:
         assert got[chat.id] == expected_messages(chat, gte, lte), chat.id
     assert stats.requests_by_kind == {"messages": sum(pages(window_size(c, gte, lte), 500) for c in chats)}
+    assert served["messages"] == stats.requests == served["total"]  # the client counts what the server saw
+    assert 8 < served["max_in_flight"] <= 16  # concurrency is used, and bounded by the semaphore
     assert stats.retries == 0
 
 
@@ -218,3 +229,34 @@ async def test_api_key_is_sent_and_never_leaks() -> None:
     for error in (info.value, info_wrong.value):
         assert error.status == 401
         assert SECRET not in str(error) and "wrong-key-123456" not in str(error)
+
+
+async def test_waits_for_a_starting_session_then_proceeds() -> None:
+    with run_in_thread(SMALL, port=0, anchor=ANCHOR) as handle:
+        handle.set_status("demo", "STARTING")
+
+        async def connect_soon() -> None:
+            await asyncio.sleep(0.15)
+            handle.set_status("demo", "WORKING")
+
+        async with client(handle, session_poll_interval=0.05, session_wait_timeout=5.0) as waha:
+            waker = asyncio.ensure_future(connect_soon())
+            chats = await waha.list_chats("demo")
+            await waker
+            stats = waha.stats()
+    assert len(chats) == SMALL.chats
+    assert stats.retries_by_cause == {"session": 1}
+    assert stats.requests_by_kind["sessions"] >= 2 and stats.session_wait_seconds >= 0.1
+
+
+async def test_session_that_stays_not_working_fails_clearly() -> None:
+    with run_in_thread(SMALL, port=0, anchor=ANCHOR) as handle:
+        handle.set_status("demo", "SCAN_QR_CODE")
+        async with client(handle, session_poll_interval=0.05, session_wait_timeout=0.3) as waha:
+            with pytest.raises(WahaSessionNotReady, match="SCAN_QR_CODE"):
+                await waha.fetch_messages("demo", "1@c.us", gte=None, lte=ANCHOR)
+        handle.set_status("demo", "STOPPED")
+        async with client(handle) as waha:
+            with pytest.raises(WahaSessionNotFound, match="HTTP 404"):
+                await waha.lid_map("demo")
+            assert (await waha.get_session("demo")).status == "STOPPED"
