@@ -80,10 +80,10 @@ def assign_sessions(
             "ended_at": ended,
             "message_count": counts.astype(np.int64),
             "messages_from_contact": (counts - from_agent).astype(np.int64),
-            "messages_from_agent": from_agent,
+            "messages_from_agent": from_agent.astype(np.int64),
             "status": pd.array(
                 np.where(ended < plan_time - timeout_minutes * 60, "closed", "open"), dtype="string"
             ),
         }
-    ).astype(SESSION_COLUMNS)
+    )
     return pd.Series(per_row, index=messages.index, dtype="string"), sessions
