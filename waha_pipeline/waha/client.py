@@ -350,7 +350,7 @@ class WahaClient:
                 self._requests[kind] += 1
                 try:
                     response = await self._http.request(method, path, params=params, timeout=timeout)
-                except httpx.TransportError as error:  # timeouts, refused/reset connections, protocol errors
+                except httpx.RequestError as error:  # timeouts, refused/reset connections, protocol, decoding
                     exc = error
             if response is not None and response.is_success:
                 return self._json(response, method, path, params)
@@ -362,7 +362,7 @@ class WahaClient:
 
             if decision == "fail":
                 message = self._message(where, status, exc, body)
-                if status == 404 and session is not None:
+                if status == 404 and session is not None and not _route_missing(body):
                     raise WahaSessionNotFound(message, status=status, method=method, path=path)
                 raise WahaPermanentError(message, status=status, method=method, path=path)
 
@@ -387,14 +387,13 @@ class WahaClient:
                 continue
 
             cause = retry_cause(status, exc)
-            self._retries[cause] += 1
             if shrink_on_timeout and cause == "timeout":
+                self._retries[cause] += 1
                 raise _PageTimeout()
             budget.attempts += 1
             retry_after = parse_retry_after(response.headers.get("Retry-After")) if response is not None else None
             delay = budget.next_delay(retry_after)
             if delay is None:
-                self._retries[cause] -= 1  # counted a retry that will not happen
                 raise WahaTransientError(
                     f"{self._message(where, status, exc, body)} (gave up after {budget.attempts} attempts)",
                     retry_after=retry_after,
@@ -402,6 +401,7 @@ class WahaClient:
                     method=method,
                     path=path,
                 ) from exc
+            self._retries[cause] += 1
             logger.warning("%s -> %s; retry %d in %.2fs", where, status or type(exc).__name__, budget.attempts, delay)
             self._backoff += delay
             if status == 429:
@@ -471,6 +471,11 @@ class WahaClient:
         if self._api_key and len(self._api_key) >= 4:
             text = text.replace(self._api_key, "***")
         return text
+
+
+def _route_missing(body: bytes | None) -> bool:
+    """Nest's "Cannot GET /api/..." 404: the WAHA version lacks the endpoint, the session is not the problem."""
+    return bool(body) and b'"Cannot ' in body[:200]  # type: ignore[index]
 
 
 def _truncate(text: str, limit: int = BODY_SNIPPET) -> str:

@@ -110,6 +110,15 @@ async def test_404_on_get_session_is_session_not_found(make_client: Callable[...
             await waha.get_session("gone")
 
 
+async def test_404_for_a_missing_route_is_not_session_not_found(make_client: Callable[..., WahaClient]) -> None:
+    """An older WAHA without /lids answers Nest's "Cannot GET": the endpoint is missing, not the session."""
+    script = Script({"/api/default/lids": [reply(404, {"message": "Cannot GET /api/default/lids?limit=1000&offset=0", "error": "Not Found", "statusCode": 404})]})
+    async with make_client(script) as waha:
+        with pytest.raises(WahaPermanentError, match="Cannot GET") as info:
+            await waha.lid_map("default")
+    assert not isinstance(info.value, WahaSessionNotFound)
+
+
 async def test_persistent_503_gives_up_with_transient_error(make_client: Callable[..., WahaClient], fake_time: FakeTime) -> None:
     body = "<html>" + "x" * 5000 + "</html>"
     script = Script({MSGS_DECODED: [reply(503, raw=body.encode())]})
