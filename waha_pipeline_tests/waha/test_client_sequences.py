@@ -21,7 +21,7 @@ from waha_pipeline.errors import (
     WahaSessionNotReady,
     WahaTransientError,
 )
-from waha_pipeline.waha.client import WahaClient
+from waha_pipeline.waha.client import WahaClient, WahaTimeouts
 from waha_pipeline.waha.retry import RetryPolicy
 
 from .conftest import SECRET, FakeTime, Script, fail_with, reply
@@ -295,6 +295,18 @@ async def test_message_query_is_explicit(make_client: Callable[..., WahaClient])
     }
     assert "filter.timestamp.gte" not in script.requests[1].url.params
     assert script.requests[1].url.params["limit"] == "500"
+
+
+async def test_each_call_kind_has_its_own_explicit_timeout(make_client: Callable[..., WahaClient]) -> None:
+    script = Script({"*": [reply(200, [])], SESSION: [reply(200, WORKING)]})
+    async with make_client(script, timeouts=WahaTimeouts(sessions_read=11, list_read=22, messages_read=33)) as waha:
+        await waha.get_session("default")
+        await waha.list_chats("default")
+        await waha.lid_map("default")
+        await fetch(waha)
+    reads = [(r.url.path.rsplit("/", 1)[-1], r.extensions["timeout"]["read"]) for r in script.requests]
+    assert reads == [("default", 11), ("chats", 22), ("lids", 22), ("messages", 33)]
+    assert all(r.extensions["timeout"]["connect"] == 5.0 for r in script.requests)
 
 
 async def test_api_key_header_only_when_set(make_client: Callable[..., WahaClient]) -> None:
