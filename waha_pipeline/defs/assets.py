@@ -1,3 +1,4 @@
+# Dagster resolves config and resource types from annotations at definition time: no `from __future__ import annotations` here.
 """The channel plan (on channel partitions) and the five chunk assets (on chunk partitions).
 
 The chunk assets are one multi-asset step that loops over the chunks of its run, so a run covers a range
@@ -5,7 +6,6 @@ of chunks without a process per chunk, while every (asset, chunk) still ends up 
 Failed: events are logged per chunk, and the step raises at the end if any chunk failed.
 """
 
-from __future__ import annotations
 
 import asyncio
 import time
