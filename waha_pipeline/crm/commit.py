@@ -18,7 +18,7 @@ from waha_pipeline.crm.schema import UUID_T, channels, contacts, import_plans, m
 from waha_pipeline.crm.schema import sessions, to_seconds, to_utc
 from waha_pipeline.crm.staging import stage_assign, stage_contacts, stage_merges, stage_messages, stage_rejects
 from waha_pipeline.crm.staging import stage_sessions
-from waha_pipeline.domain.batch import CONTACT_COLUMNS, MESSAGE_COLUMNS, REJECT_COLUMNS, ChunkBatch
+from waha_pipeline.domain.batch import CONTACT_COLUMNS, MESSAGE_COLUMNS, ChunkBatch
 from waha_pipeline.domain.sessions import assign_sessions
 
 log = logging.getLogger(__name__)
@@ -40,14 +40,26 @@ def commit_chunk(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
     staging.create(conn)
     staging.load(conn, stage_contacts, contact_frame)
     merged, other_channels = _upsert_contacts(conn, ctx.tenant_id)
-    staging.load(conn, stage_messages, message_frame)
+    # Sessions of the chunk's contacts (plus stored phone contacts that lid-only chats resolved to) over stored
+    # + new messages, computed BEFORE the insert so new rows are written with their session id once.
+    affected = sorted(set(contact_frame["id"].dropna()) | set(message_frame["contact_id"].dropna()))
+    affected_ids = sa.bindparam("affected", affected, type_=UUID_T, expanding=True)
+    stored = _stored_messages(conn, ctx.channel_id, affected_ids)
+    new = message_frame[~message_frame["external_id"].isin(stored["external_id"])]
+    combined = pd.concat([stored[list(_SESSION_INPUT)], new[list(_SESSION_INPUT)]], ignore_index=True)
+    per_row, new_sessions = _assign(combined, ctx.channel_id, settings)
+    _upsert_sessions(conn, ctx.tenant_id, ctx.channel_id, new_sessions)
+    staging.load(conn, stage_messages, new.assign(session_id=per_row.iloc[len(stored):].to_numpy()))
     inserted = _insert_messages(conn, ctx.tenant_id, ctx.channel_id)
+    if inserted == len(new):
+        _reassign_stored(conn, stored, per_row.iloc[: len(stored)])
+        _delete_stale_sessions(conn, ctx.channel_id, affected_ids)
+        n_sessions = len(new_sessions)
+    else:  # some "new" ids were already stored under a contact outside the chunk: recompute from the rows
+        log.warning("chunk %s: %d messages stored under other contacts", ctx.chunk_key, len(new) - inserted)
+        n_sessions = _recompute_sessions(conn, ctx.tenant_id, ctx.channel_id, affected_ids, settings)
     staging.load(conn, stage_rejects, reject_frame)
     _insert_rejects(conn, ctx.tenant_id, ctx.channel_id)
-
-    # The chunk's contacts, plus stored phone contacts that lid-only chats of this chunk resolved to.
-    chunk_contacts = sa.union(sa.select(stage_contacts.c.id), sa.select(stage_messages.c.contact_id))
-    n_sessions = _recompute_sessions(conn, ctx.tenant_id, ctx.channel_id, chunk_contacts, settings)
     for channel_id in other_channels:  # a merged lid-only contact also had messages in other channels
         other = _effective_settings(conn, channel_id, settings.plan_time, None)
         _recompute_sessions(conn, ctx.tenant_id, channel_id, sa.select(stage_merges.c.new_id), other)
@@ -207,13 +219,14 @@ def _upsert_contacts(conn: sa.Connection, tenant_id: str) -> tuple[int, list[str
 
 def _insert_messages(conn: sa.Connection, tenant_id: str, channel_id: str) -> int:
     sm = stage_messages.c
-    columns = ["id", "tenant_id", "channel_id", "contact_id", "chat_id", "external_id", "from_me", "sent_at",
-               "content_type", "body", "sender_id", "push_name"]  # fmt: skip
+    columns = ["id", "tenant_id", "channel_id", "contact_id", "session_id", "chat_id", "external_id", "from_me",
+               "sent_at", "content_type", "body", "sender_id", "push_name"]  # fmt: skip
     select = sa.select(
         sm.id,
         sa.literal(tenant_id, sa.Text),
         sa.literal(channel_id, UUID_T),
         sm.contact_id,
+        sm.session_id,
         sm.chat_id,
         sm.external_id,
         sm.from_me,
@@ -243,27 +256,46 @@ def _insert_rejects(conn: sa.Connection, tenant_id: str, channel_id: str) -> Non
     conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
 
 
-def _recompute_sessions(
-    conn: sa.Connection, tenant_id: str, channel_id: str, contact_ids: sa.Select[tuple[str]] | sa.CompoundSelect[tuple[str]], settings: _Settings
-) -> int:
-    """Sessions of these contacts in the channel from every stored message (new ones are stored by now)."""
+_SESSION_INPUT = {"contact_id": "string", "external_id": "string", "sent_at": "int64", "from_me": "bool"}
+_STORED = {"id": "string", **_SESSION_INPUT, "session_id": "string"}
+ContactIds = sa.Select[tuple[str]] | sa.CompoundSelect[tuple[str]] | sa.BindParameter[list[str]]
+
+
+def _stored_messages(conn: sa.Connection, channel_id: str, contact_ids: ContactIds) -> pd.DataFrame:
     m = messages.c
+    text = sa.Text()  # uuids as text straight from the driver: no uuid.UUID object per value
     rows = conn.execute(
-        sa.select(m.id, m.contact_id, m.external_id, sql.epoch_seconds(m.sent_at).label("sent_at"), m.from_me,
-                  m.session_id)  # fmt: skip
+        sa.select(sa.cast(m.id, text), sa.cast(m.contact_id, text), m.external_id, sql.epoch_seconds(m.sent_at),
+                  m.from_me, sa.cast(m.session_id, text))  # fmt: skip
         .where(m.channel_id == channel_id, m.contact_id.in_(contact_ids))
     ).all()
-    stored = pd.DataFrame(rows, columns=["id", "contact_id", "external_id", "sent_at", "from_me", "session_id"])
-    stored = stored.astype({"id": "string", "contact_id": "string", "external_id": "string", "sent_at": "int64",
-                            "from_me": "bool", "session_id": "string"})  # fmt: skip
-    per_row, new_sessions = assign_sessions(
-        stored[["contact_id", "external_id", "sent_at", "from_me"]],
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(_STORED)
+    return pd.DataFrame(dict(zip(_STORED, columns, strict=True))).astype(_STORED)
+
+
+def _assign(frame: pd.DataFrame, channel_id: str, settings: _Settings) -> tuple[pd.Series, pd.DataFrame]:
+    return assign_sessions(
+        frame[list(_SESSION_INPUT)].astype(_SESSION_INPUT),
         channel_id=channel_id,
         timeout_minutes=settings.timeout_minutes,
         plan_time=settings.plan_time,
     )
+
+
+def _recompute_sessions(
+    conn: sa.Connection, tenant_id: str, channel_id: str, contact_ids: ContactIds, settings: _Settings
+) -> int:
+    """Sessions of these contacts in the channel from the stored rows alone (every message is stored by now)."""
+    stored = _stored_messages(conn, channel_id, contact_ids)
+    per_row, new_sessions = _assign(stored, channel_id, settings)
+    _upsert_sessions(conn, tenant_id, channel_id, new_sessions)
+    _reassign_stored(conn, stored, per_row)
+    _delete_stale_sessions(conn, channel_id, contact_ids)
+    return len(new_sessions)
+
+
+def _upsert_sessions(conn: sa.Connection, tenant_id: str, channel_id: str, new_sessions: pd.DataFrame) -> None:
     staging.clear(conn, stage_sessions)
-    staging.clear(conn, stage_assign)
     staging.load(conn, stage_sessions, new_sessions)
     ss = stage_sessions.c
     stmt = sql.insert(sessions, conn.dialect)
@@ -284,20 +316,29 @@ def _recompute_sessions(
             where=sa.or_(*(sessions.c[name].is_distinct_from(stmt.excluded[name]) for name in changing)),
         )
     )
-    changed = stored["session_id"].ne(per_row).fillna(True)
-    staging.load(
-        conn, stage_assign, pd.DataFrame({"message_id": stored.loc[changed, "id"], "session_id": per_row[changed]})
-    )
+
+
+def _reassign_stored(conn: sa.Connection, stored: pd.DataFrame, per_row: pd.Series) -> None:
+    """Point stored messages at their recomputed session, touching only the rows whose session changed."""
+    new_ids = pd.Series(per_row.to_numpy(), index=stored.index, dtype="string")
+    changed = stored["session_id"].ne(new_ids).fillna(True).astype(bool)
+    if not changed.any():
+        return
+    staging.clear(conn, stage_assign)
+    staging.load(conn, stage_assign, pd.DataFrame({"message_id": stored.loc[changed, "id"],
+                                                   "session_id": new_ids[changed]}))  # fmt: skip
     sa_ = stage_assign.c
-    conn.execute(sa.update(messages).where(m.id == sa_.message_id).values(session_id=sa_.session_id))
+    conn.execute(sa.update(messages).where(messages.c.id == sa_.message_id).values(session_id=sa_.session_id))
+
+
+def _delete_stale_sessions(conn: sa.Connection, channel_id: str, contact_ids: ContactIds) -> None:
     conn.execute(
         sa.delete(sessions).where(
             sessions.c.channel_id == channel_id,
             sessions.c.contact_id.in_(contact_ids),
-            sessions.c.id.not_in(sa.select(ss.id)),
+            sessions.c.id.not_in(sa.select(stage_sessions.c.id)),
         )
     )
-    return len(new_sessions)
 
 
 def _update_statuses(conn: sa.Connection, channel_id: str, settings: _Settings) -> None:

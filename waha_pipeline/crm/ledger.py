@@ -41,6 +41,7 @@ def record_plan(conn: sa.Connection, tenant_id: str, channel_id: str, plan: Chan
     chunk_rows = [
         {
             "plan_id": plan_id,
+            "tenant_id": tenant_id,
             "chunk_key": chunk.key,
             "chunk_index": chunk.index,
             "chat_ids": chunk.chat_ids,

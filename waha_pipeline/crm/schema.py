@@ -180,6 +180,7 @@ import_chunks = sa.Table(
     "import_chunks",
     metadata,
     _id("plan_id", sa.ForeignKey("import_plans.id"), nullable=False),
+    _tenant(),
     sa.Column("chunk_key", sa.Text, nullable=False),
     sa.Column("chunk_index", sa.Integer, nullable=False),
     sa.Column("chat_ids", sa.JSON, nullable=False),  # normalized chat ids, in plan order

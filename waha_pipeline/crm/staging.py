@@ -41,6 +41,7 @@ stage_messages = _temp(
     "stage_messages",
     sa.Column("id", UUID_T),
     sa.Column("contact_id", UUID_T),
+    sa.Column("session_id", UUID_T),
     sa.Column("chat_id", sa.Text),
     sa.Column("external_id", sa.Text),
     sa.Column("from_me", sa.Boolean),
@@ -127,17 +128,10 @@ def _python_values(frame: pd.DataFrame, name: str) -> list[Any]:
     if name not in frame.columns:
         return [None] * len(frame)
     series = frame[name]
-    if pd.api.types.is_bool_dtype(series.dtype) and not series.hasnans:
-        return [bool(v) for v in series.tolist()]
-    if pd.api.types.is_integer_dtype(series.dtype) and not series.hasnans:
-        return [int(v) for v in series.tolist()]
-    return [None if _missing(v) else _plain(v) for v in series.astype(object).tolist()]
-
-
-def _missing(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
-
-
-def _plain(value: Any) -> Any:
-    item = getattr(value, "item", None)  # numpy scalar -> Python scalar
-    return item() if callable(item) and not isinstance(value, str) else value
+    missing = series.isna()
+    if not missing.any() and (pd.api.types.is_bool_dtype(series.dtype) or pd.api.types.is_integer_dtype(series.dtype)):
+        return series.tolist()  # Python bool / int
+    values = series.astype(object)
+    if missing.any():
+        values = values.where(~missing, None)
+    return values.tolist()

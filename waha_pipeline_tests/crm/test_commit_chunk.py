@@ -87,20 +87,23 @@ def test_duplicate_external_ids_in_one_batch_are_collapsed(store: CrmStore, impo
     assert store.counts(ch)["messages"] == 1
 
 
-@pytest.mark.parametrize("breakage", ["message without contact", "contact without identity"])
+@pytest.mark.parametrize("breakage", ["message without contact", "contact without identity", "reject without chat"])
 def test_failure_mid_commit_leaves_nothing_and_is_recorded(store: CrmStore, importer: Importer, breakage: str) -> None:
     alice = phone_contact("4915550001", name="Alice")
     ch = importer.channel_id
     msgs = [message(ch, alice, "m1", T0)]
     contacts = [alice]
+    rejects = [reject(ch, "4915550001@c.us", None, "no id")]
     if breakage == "message without contact":
         msgs.append({**message(ch, alice, "m2", T0 + 1), "contact_id": None})
+    elif breakage == "reject without chat":  # fails after contacts, messages and sessions were written
+        rejects.append({**reject(ch, "x@c.us", "r2", "bad"), "chat_id": None})
     else:
         contacts.append({"id": ids.contact_id(TENANT, phone="1"), "phone": None, "lid": None, "group_id": None,
                          "name": "ghost"})  # fmt: skip
-    batch = importer.batch(contacts, msgs, rejects=[reject(ch, "4915550001@c.us", None, "no id")])
+    batch = importer.batch(contacts, msgs, rejects=rejects)
 
-    with pytest.raises(sa.exc.IntegrityError):
+    with pytest.raises((sa.exc.IntegrityError, ValueError)):
         store.commit_chunk(batch)
 
     assert store.counts(ch) == {"messages": 0, "contacts": 0, "sessions": 0, "rejects": 0}

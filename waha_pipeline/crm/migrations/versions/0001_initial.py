@@ -140,6 +140,7 @@ def upgrade() -> None:
     op.create_table(
         "import_chunks",
         sa.Column("plan_id", _uuid(), nullable=False),
+        sa.Column("tenant_id", sa.Text(), nullable=False),
         sa.Column("chunk_key", sa.Text(), nullable=False),
         sa.Column("chunk_index", sa.Integer(), nullable=False),
         sa.Column("chat_ids", sa.JSON(), nullable=False),
