@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help or a bad argument; return the code so main() is callable in-process
+        return int(exc.code or 0)
     try:
         settings = Settings.from_env()
         if args.command == "simulate":

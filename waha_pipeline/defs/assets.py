@@ -100,7 +100,7 @@ def chunk_import(context: dg.AssetExecutionContext, waha: WahaResource, crm: Crm
     selected = {key.path[-1] for key in context.selected_asset_keys}
     runner = ChunkRunner(crm.store, crm.stages(), waha.client, page_size=waha.resolved_page_size())
     failures: list[ChunkFailed] = []
-    for event in runner.run(list(context.partition_keys), selected):
+    for event in runner.run(list(context.partition_keys), selected, skip_committed=context.retry_number > 0):
         if isinstance(event, ChunkFailed):
             failures.append(event)
             context.log.error(f"chunk {event.chunk_key} failed at {event.stage}: {event.reason}")

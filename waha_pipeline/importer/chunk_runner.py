@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+from sqlalchemy import exc as sa_exc
 
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.errors import ChunkError, WahaPermanentError, WahaSessionNotFound
@@ -73,7 +74,10 @@ class ChunkRunner:
         self.page_size = page_size
         self.prefetch = max(0, prefetch)
 
-    def run(self, chunk_keys: list[str], selected: set[str]) -> Iterator[StageDone | ChunkFailed]:
+    def run(
+        self, chunk_keys: list[str], selected: set[str], *, skip_committed: bool = False
+    ) -> Iterator[StageDone | ChunkFailed]:
+        """`skip_committed`: on a step retry, chunks the ledger shows committed in their plan are not redone."""
         works: dict[str, stages.ChunkWork] = {}
         actions: dict[str, dict[str, Action]] = {}
         for key in chunk_keys:
@@ -83,6 +87,12 @@ class ChunkRunner:
                 yield ChunkFailed(key, STAGES[0], str(exc), permanent=True)
                 continue
             actions[key] = stage_actions(selected, self._persisted(works[key]))
+        if skip_committed:
+            for plan_id in {w.context.plan_id for w in works.values()}:
+                for key in self.store.committed_chunk_keys(plan_id) & set(works):
+                    if works[key].context.plan_id == plan_id:
+                        logger.info("chunk %s already committed in plan %s; not redone on retry", key, plan_id)
+                        del works[key]
         keys = [k for k in chunk_keys if k in works]
         if not keys:
             return
@@ -120,12 +130,12 @@ class ChunkRunner:
             committing = plan["committed_rows"] is Action.EMIT
             if committing:
                 self.store.mark_chunk_started(work.context.plan_id, key)
-            stage = STAGES[0]
+            progress = [STAGES[0]]  # the stage in progress, kept up to date by _stages
             try:
-                for stage, done in self._stages(work, plan, fetches.pop(key, None)):
-                    yield done
+                yield from self._stages(work, plan, fetches.pop(key, None), progress)
             except Exception as exc:  # noqa: BLE001 - every failure is reported per chunk, never swallowed
-                permanent = isinstance(exc, (WahaPermanentError, ChunkError))
+                stage = progress[0]
+                permanent = is_permanent(exc)
                 if isinstance(exc, WahaSessionNotFound):
                     gone = f"channel gone: {exc}"
                 reason = _one_line(exc)
@@ -137,18 +147,18 @@ class ChunkRunner:
             pending.future.cancel()
 
     def _stages(
-        self, work: stages.ChunkWork, plan: dict[str, Action], fetch: _Fetch | None
-    ) -> Iterator[tuple[str, StageDone]]:
-        """Yield (stage, event) as each emitted stage completes; raise at the first stage that fails."""
+        self, work: stages.ChunkWork, plan: dict[str, Action], fetch: _Fetch | None, progress: list[str]
+    ) -> Iterator[StageDone]:
+        """Yield an event as each emitted stage completes; raise at the first stage that fails."""
         key, plan_id = work.context.chunk_key, work.context.plan_id
         started = time.monotonic()
 
         chats = stages.raw_chat_list(work)
         if plan["raw_chat_list"] is Action.EMIT:
             self.stage_store.write(plan_id, key, "chats", chats)
-            yield "raw_chat_list", StageDone(key, "raw_chat_list", {"chats": len(chats), "dagster/row_count": len(chats)})
+            yield StageDone(key, "raw_chat_list", {"chats": len(chats), "dagster/row_count": len(chats)})
 
-        stage = "fetched_messages"
+        stage = progress[0] = "fetched_messages"
         fetched = None
         if plan[stage] is Action.LOAD:
             fetched = self.stage_store.read(plan_id, key, "fetched")
@@ -157,7 +167,7 @@ class ChunkRunner:
             fetched, stats = fetch.future.result()
             self.stage_store.write(plan_id, key, "fetched", fetched)
             if plan[stage] is Action.EMIT:
-                yield stage, StageDone(key, stage, {
+                yield StageDone(key, stage, {
                     "chats": len(chats),
                     "messages": len(fetched),
                     "waha_requests": stats.requests,
@@ -166,7 +176,7 @@ class ChunkRunner:
                     "dagster/row_count": len(fetched),
                 })
 
-        stage = "resolved_contacts"
+        stage = progress[0] = "resolved_contacts"
         resolved = None
         if plan[stage] is Action.LOAD:
             resolved = self._read_resolved(plan_id, key)
@@ -176,7 +186,7 @@ class ChunkRunner:
             for name in ("contacts", "messages", "rejects"):
                 self.stage_store.write(plan_id, key, name, getattr(resolved, name))
             if plan[stage] is Action.EMIT:
-                yield stage, StageDone(key, stage, {
+                yield StageDone(key, stage, {
                     "contacts": len(resolved.contacts),
                     "messages": len(resolved.messages),
                     "rejects": len(resolved.rejects),
@@ -184,7 +194,7 @@ class ChunkRunner:
                     "dagster/row_count": len(resolved.contacts),
                 })
 
-        stage = "session_batch"
+        stage = progress[0] = "session_batch"
         assigned = None
         if plan[stage] is Action.LOAD:
             assigned = self._read_assigned(plan_id, key)
@@ -194,17 +204,17 @@ class ChunkRunner:
             self.stage_store.write(plan_id, key, "assigned", assigned.messages)
             self.stage_store.write(plan_id, key, "sessions", assigned.sessions)
             if plan[stage] is Action.EMIT:
-                yield stage, StageDone(key, stage, {
+                yield StageDone(key, stage, {
                     "messages": len(assigned.messages),
                     "sessions": len(assigned.sessions),
                     "dagster/row_count": len(assigned.messages),
                 })
 
-        stage = "committed_rows"
+        stage = progress[0] = "committed_rows"
         if plan[stage] is Action.EMIT:
             assert assigned is not None
             result = stages.commit(self.store, work, assigned)
-            yield stage, StageDone(key, stage, {
+            yield StageDone(key, stage, {
                 "chats": len(work.chats),
                 "messages": result.messages_total,
                 "messages_inserted": result.messages_inserted,
@@ -216,9 +226,7 @@ class ChunkRunner:
             })
 
     async def _fetch(self, client: WahaClient, work: stages.ChunkWork) -> tuple[pd.DataFrame, WahaStats]:
-        before = client.stats()
-        fetched = await stages.fetch_messages(client, work, stages.raw_chat_list(work), self.page_size)
-        return fetched, client.stats() - before
+        return await client.measured(stages.fetch_messages(client, work, stages.raw_chat_list(work), self.page_size))
 
     def _persisted(self, work: stages.ChunkWork) -> set[str]:
         plan_id, key = work.context.plan_id, work.context.chunk_key
@@ -237,6 +245,17 @@ class ChunkRunner:
         return stages.Assigned(messages=self.stage_store.read(plan_id, key, "assigned"), **frames)  # type: ignore[arg-type]
 
 
+def is_permanent(exc: BaseException) -> bool:
+    """Retrying cannot help: WAHA refused for good, or the database rejected the data (not the connection)."""
+    if isinstance(exc, (WahaPermanentError, ChunkError)):
+        return True
+    transient_db = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+    return isinstance(exc, sa_exc.DBAPIError) and not isinstance(exc, transient_db)
+
+
 def _one_line(exc: BaseException) -> str:
+    """The reason stored in the ledger and shown in Dagster: the database's own message, never SQL or row values."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+        exc = exc.orig
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:500]

@@ -7,6 +7,7 @@ and (later) the circuit breaker and rate limiter. Knows nothing about the CRM or
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
@@ -14,7 +15,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -104,6 +105,16 @@ class WahaStats:
         )
 
 
+@dataclass
+class _Tally:
+    requests: Counter[str] = field(default_factory=Counter)
+    retries: Counter[str] = field(default_factory=Counter)
+
+
+_TALLY: contextvars.ContextVar[_Tally | None] = contextvars.ContextVar("waha_request_tally", default=None)
+T = TypeVar("T")
+
+
 class _PageTimeout(Exception):
     """Internal: a message page timed out and the caller asked to shrink the page instead of retrying."""
 
@@ -175,6 +186,35 @@ class WahaClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    async def measured(self, work: Awaitable[T]) -> tuple[T, WahaStats]:
+        """Await `work` and return the requests and retries it made, even while other work shares the client.
+
+        The tally lives in a context variable, which the tasks `work` starts inherit.
+        """
+        tally = _Tally()
+        token = _TALLY.set(tally)
+        try:
+            result = await work
+        finally:
+            _TALLY.reset(token)
+        return result, WahaStats(
+            requests=sum(tally.requests.values()),
+            requests_by_kind=dict(tally.requests),
+            retries_by_cause=dict(tally.retries),
+        )
+
+    def _count_request(self, kind: str) -> None:
+        self._requests[kind] += 1
+        tally = _TALLY.get()
+        if tally is not None:
+            tally.requests[kind] += 1
+
+    def _count_retry(self, cause: str) -> None:
+        self._retries[cause] += 1
+        tally = _TALLY.get()
+        if tally is not None:
+            tally.retries[cause] += 1
 
     def stats(self) -> WahaStats:
         return WahaStats(
@@ -347,7 +387,7 @@ class WahaClient:
             response: httpx.Response | None = None
             exc: Exception | None = None
             async with self._semaphore:
-                self._requests[kind] += 1
+                self._count_request(kind)
                 try:
                     response = await self._http.request(method, path, params=params, timeout=timeout)
                 except httpx.RequestError as error:  # timeouts, refused/reset connections, protocol, decoding
@@ -383,12 +423,12 @@ class WahaClient:
                         method=method,
                         path=path,
                     )
-                self._retries["session"] += 1
+                self._count_retry("session")
                 continue
 
             cause = retry_cause(status, exc)
             if shrink_on_timeout and cause == "timeout":
-                self._retries[cause] += 1
+                self._count_retry(cause)
                 raise _PageTimeout()
             budget.attempts += 1
             retry_after = parse_retry_after(response.headers.get("Retry-After")) if response is not None else None
@@ -401,7 +441,7 @@ class WahaClient:
                     method=method,
                     path=path,
                 ) from exc
-            self._retries[cause] += 1
+            self._count_retry(cause)
             logger.warning("%s -> %s; retry %d in %.2fs", where, status or type(exc).__name__, budget.attempts, delay)
             self._backoff += delay
             if status == 429:

@@ -104,7 +104,6 @@ def test_failed_commit_leaves_no_rows_shows_failed_and_rerun_completes(cli_env, 
 
     instance = dg.DagsterInstance.get()
     committed = dg.AssetKey("committed_rows")
-    assert victim["key"] not in instance.get_materialized_partitions(committed)
     assert _failed_partitions(instance, committed) == {victim["key"]}
 
     with engine.begin() as conn:
