@@ -18,8 +18,8 @@ from waha_pipeline.domain.planning import PlannedChat
 # FIXTURES
 
 TENANT = "t-42"
-MARIA = PlannedChat("5511@c.us", "direct", "Maria Souza", phone="5511", lid="99")
-MARIA_LID = PlannedChat("99@lid", "lid", "Mari", phone="5511", lid="99")
+MARIA = PlannedChat("5511@c.us", "direct", "Maria Souza", phone="5511", lid="10")
+MARIA_LID = PlannedChat("10@lid", "lid", "Mari", phone="5511", lid="10")
 LID_ONLY = PlannedChat("77@lid", "lid", None, phone=None, lid="77")
 NUMBER_NAME = PlannedChat("5522@c.us", "direct", "+55 (22) 1234-5678", phone="5522", lid=None)
 GROUP = PlannedChat("1203@g.us", "group", "Equipe", phone=None, lid=None, group_id="1203@g.us")
@@ -71,20 +71,20 @@ def test_is_just_the_number(name: str | None, expected: bool) -> None:
 
 
 def test_lid_chat_mapped_to_phone_merges_with_the_phone_chat() -> None:
-    msgs = messages(("5511@c.us", "a", 10, False, None), ("99@lid", "b", 20, False, None))
+    msgs = messages(("5511@c.us", "a", 10, False, None), ("10@lid", "b", 20, False, None))
     contacts, out = resolve_contacts([MARIA, MARIA_LID], msgs, tenant_id=TENANT)
     expected_id = ids.contact_id(TENANT, phone="5511")
     assert contacts_by_id(contacts) == {
-        expected_id: {"id": expected_id, "phone": "5511", "lid": "99", "group_id": None, "name": "Maria Souza"}
+        expected_id: {"id": expected_id, "phone": "5511", "lid": "10", "group_id": None, "name": "Maria Souza"}
     }
     assert out["contact_id"].tolist() == [expected_id, expected_id]
     assert list(contacts.columns) == list(CONTACT_COLUMNS)
 
 
 def test_lid_chat_alone_still_carries_the_mapped_phone() -> None:
-    contacts, out = resolve_contacts([MARIA, MARIA_LID], messages(("99@lid", "b", 20, False, None)), tenant_id=TENANT)
+    contacts, out = resolve_contacts([MARIA, MARIA_LID], messages(("10@lid", "b", 20, False, None)), tenant_id=TENANT)
     (contact,) = contacts_by_id(contacts).values()
-    assert (contact["phone"], contact["lid"]) == ("5511", "99")
+    assert (contact["phone"], contact["lid"]) == ("5511", "10")
     assert contact["name"] == "Maria Souza", "the @c.us chat's name wins even when only the @lid chat has messages"
 
 
@@ -149,20 +149,20 @@ NAME_CASES = [
     (
         "@c.us name preferred over @lid name",
         [MARIA_LID, MARIA],
-        [("99@lid", "a", 1, False, None)],
+        [("10@lid", "a", 1, False, None)],
         "Maria Souza",
     ),
     (
         "@lid name when the @c.us name is just the number",
-        [PlannedChat("5511@c.us", "direct", "5511", phone="5511", lid="99"), MARIA_LID],
+        [PlannedChat("5511@c.us", "direct", "5511", phone="5511", lid="10"), MARIA_LID],
         [("5511@c.us", "a", 1, False, "Push")],
         "Mari",
     ),
     (
         "push name across both chats of the contact",
-        [PlannedChat("5511@c.us", "direct", None, phone="5511", lid="99"),
-         PlannedChat("99@lid", "lid", None, phone="5511", lid="99")],
-        [("5511@c.us", "a", 1, False, "FromCus"), ("99@lid", "b", 2, False, "FromLid")],
+        [PlannedChat("5511@c.us", "direct", None, phone="5511", lid="10"),
+         PlannedChat("10@lid", "lid", None, phone="5511", lid="10")],
+        [("5511@c.us", "a", 1, False, "FromCus"), ("10@lid", "b", 2, False, "FromLid")],
         "FromLid",
     ),
 ]

@@ -180,6 +180,11 @@ def test_contact_group_closes_chunk_early_and_big_group_stands_alone() -> None:
     assert [c.chat_ids for c in p.chunks] == [["5501@c.us", "5502@c.us"], ["5503@c.us", "91@lid", "92@lid"]]
 
 
+def test_chunk_closes_before_a_contact_would_overflow_it() -> None:
+    p = plan([{"id": "5501@c.us"}, {"id": "5502@c.us"}, {"id": "91@lid"}], {"91": "5502"}, chunk_size=2)
+    assert [c.chat_ids for c in p.chunks] == [["5501@c.us"], ["5502@c.us", "91@lid"]]
+
+
 def test_empty_chat_list() -> None:
     p = plan([])
     assert p.chunks == () and p.skipped == {}
@@ -191,8 +196,8 @@ def test_chunk_size_must_be_positive() -> None:
 
 
 # Random chat lists: phones, lids (mapped to some phone, to none, or unmapped), groups, junk and duplicates.
-phones = st.sampled_from([f"55{i:03d}" for i in range(12)])
-lids = st.sampled_from([f"9{i:03d}" for i in range(12)])
+phones = st.sampled_from([f"55{i:03d}" for i in range(6)])
+lids = st.sampled_from([f"9{i:03d}" for i in range(8)])
 raw_chat = st.one_of(
     phones.map(lambda p: {"id": f"{p}@c.us", "name": None}),
     phones.map(lambda p: {"id": {"_serialized": f"{p}@s.whatsapp.net"}, "name": "N"}),
