@@ -1,6 +1,6 @@
 """A deterministic synthetic WhatsApp history, shaped like the account the old importer mangled.
 
-Why its own code: the simulator is the referee. Every traps the importer must handle (chat-id kinds, lid
+Why its own code: the simulator is the referee. Every trap the importer must handle (chat-id kinds, lid
 mappings, bursts around the 30-minute session timeout, shared seconds, malformed and duplicated messages,
 engine pages shortened by hidden reactions) is generated here from plain rules, and `truth.py` derives the
 expected CRM rows from the same generation facts, never from importer code.
