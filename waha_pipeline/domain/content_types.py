@@ -74,7 +74,8 @@ def _from_message(message: Any) -> str | None:
                 continue
             kind = _MESSAGE_KEY.get(key)
             if kind is not None:
-                if kind == "audio" and type(value) is dict and value.get("ptt") is True:
+                # Baileys (NOWEB) spells the flag `ptt`, whatsmeow (GOWS) `PTT`
+                if kind == "audio" and type(value) is dict and (value.get("ptt") is True or value.get("PTT") is True):
                     return "voice"
                 return kind
             if key in _WRAPPERS and type(value) is dict:
@@ -88,6 +89,12 @@ def _from_message(message: Any) -> str | None:
     return None
 
 
+def _info_media_type(data: dict[str, Any]) -> str | None:
+    info = data.get("Info")
+    media_type = info.get("MediaType") if type(info) is dict else None
+    return media_type.lower() if type(media_type) is str else None
+
+
 def _from_data(data: dict[str, Any]) -> str | None:
     """GOWS `Message` / NOWEB `message` keys first (they carry the ptt flag), then GOWS `Info`, then WEBJS `type`."""
     message = data.get("Message")
@@ -95,6 +102,8 @@ def _from_data(data: dict[str, Any]) -> str | None:
         message = data.get("message")
     if message is not None:
         kind = _from_message(message)
+        if kind == "audio" and _info_media_type(data) == "ptt":
+            return "voice"
         if kind:
             return kind
     info = data.get("Info")
