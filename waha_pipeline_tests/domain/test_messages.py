@@ -51,6 +51,8 @@ GOWS = [
     ("ptt", {"Info": {"Type": "media", "MediaType": "ptt"}}, "voice"),
     ("audio ptt key", {"Message": {"audioMessage": {"ptt": True}}}, "voice"),
     ("audio not ptt key", {"Message": {"audioMessage": {"ptt": False}}}, "audio"),
+    ("audio PTT key (whatsmeow spelling)", {"Message": {"audioMessage": {"PTT": True}}}, "voice"),
+    ("audio key + MediaType ptt", {"Info": {"MediaType": "ptt"}, "Message": {"audioMessage": {}}}, "voice"),
     ("document", {"Info": {"Type": "media", "MediaType": "document"}}, "document"),
     ("sticker", {"Info": {"Type": "media", "MediaType": "sticker"}}, "sticker"),
     ("location key", {"Message": {"locationMessage": {"degreesLatitude": 1}}}, "location"),
