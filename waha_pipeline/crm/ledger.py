@@ -106,8 +106,8 @@ def mark_chunk_started(conn: sa.Connection, plan_id: str, chunk_key: str) -> Non
 
 
 def mark_chunk_failed(conn: sa.Connection, plan_id: str, chunk_key: str, error: str) -> None:
-    """Record a failed attempt. A committed chunk keeps its status and its (cleared) last error: its rows are
-    in the CRM, and a later failed re-run does not undo them."""
+    """Record why an attempt failed (mark_chunk_started counted it). A committed chunk keeps its status and its
+    (cleared) last error: its rows are in the CRM, and a later failed re-run does not undo them."""
     committed = import_chunks.c.status == "committed"
     conn.execute(
         sa.update(import_chunks)
@@ -115,7 +115,6 @@ def mark_chunk_failed(conn: sa.Connection, plan_id: str, chunk_key: str, error: 
         .values(
             status=sa.case((committed, import_chunks.c.status), else_=sa.literal("failed")),
             last_error=sa.case((committed, import_chunks.c.last_error), else_=sa.literal(_truncate(error))),
-            attempts=import_chunks.c.attempts + 1,
             updated_at=sa.func.now(),
         )
     )

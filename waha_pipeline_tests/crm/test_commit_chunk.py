@@ -110,6 +110,7 @@ def test_failure_mid_commit_leaves_nothing_and_is_recorded(store: CrmStore, impo
     assert _rows(store, schema.contacts) == []
     plan_id, key = batch.context.plan_id, batch.context.chunk_key
     assert key not in store.committed_chunk_keys(plan_id)
+    store.mark_chunk_started(plan_id, key)
     store.mark_chunk_failed(plan_id, key, "IntegrityError: " + "x" * 2000)
     chunk, _ = store.load_chunk(plan_id, key)
     assert chunk.status == "failed" and chunk.attempts == 1

@@ -78,11 +78,12 @@ def test_failed_never_downgrades_committed(store: CrmStore, importer: Importer) 
     store.mark_chunk_started(plan_id, key)
     store.mark_chunk_failed(plan_id, key, "WAHA 500\nat page 3")
     chunk, _ = store.load_chunk(plan_id, key)
-    assert (chunk.status, chunk.attempts, chunk.last_error) == ("failed", 2, "WAHA 500 at page 3")
+    assert (chunk.status, chunk.attempts, chunk.last_error) == ("failed", 1, "WAHA 500 at page 3")
 
     store.commit_chunk(batch)
+    store.mark_chunk_started(plan_id, key)
     store.mark_chunk_failed(plan_id, key, "late failure of a re-run")
     chunk, _ = store.load_chunk(plan_id, key)
-    assert (chunk.status, chunk.last_error, chunk.attempts) == ("committed", None, 3)
+    assert (chunk.status, chunk.last_error, chunk.attempts) == ("committed", None, 2)
     assert store.committed_chunk_keys(plan_id) == {key}
     assert store.load_chunk(plan_id, other)[0].status == "pending"
