@@ -7,7 +7,6 @@ run time); 2 bad input or configuration, reported in one line before anything is
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import time
@@ -108,8 +107,8 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _demo() -> int:
     from waha_pipeline.cli import commands
-    from waha_pipeline.simulator.dataset import DatasetSpec
-    from waha_pipeline.simulator.server import run_in_thread
+    from waha_pipeline.crm.store import CrmStore
+    from waha_pipeline.simulator import DatasetSpec, run_in_thread
 
     for name in ("WAHA_BASE_URL", "WAHA_API_KEY"):
         os.environ.pop(name, None)
@@ -121,18 +120,19 @@ def _demo() -> int:
         code = commands.import_channel(settings, argparse.Namespace(
             channel="demo", days=0, session_timeout_minutes=None, chunk_size=50, include_groups=False,
         ))
-        stats = asyncio.run(_sim_stats(sim.base_url))
-    print(f"demo: {time.monotonic() - started:.1f} s wall, {stats.get('total', '?')} WAHA requests "
-          f"({', '.join(f'{k} {v}' for k, v in stats.items() if k != 'total')})")
-    print(f"Open the Dagster UI on these runs:  DAGSTER_HOME={settings.dagster_home} dagster dev -w workspace.yaml")
+        requests = {k: v for k, v in sim.stats().items() if k in ("total", "sessions", "chats", "messages", "lids")}
+    wall = time.monotonic() - started
+    store = CrmStore.from_url(settings.database_url)
+    try:
+        channel = store.find_channel("demo")
+        counts = store.counts(channel.id) if channel else {}
+    finally:
+        store.dispose()
+    print(f"demo: {wall:.1f} s wall; WAHA requests {requests.pop('total', 0)} "
+          f"({', '.join(f'{k} {v}' for k, v in requests.items())}); in the CRM: "
+          f"{', '.join(f'{v} {k}' for k, v in counts.items())}")
+    print(f"Browse the runs and every chunk's status:  DAGSTER_HOME={settings.dagster_home} dagster dev -w workspace.yaml")
     return code
-
-
-async def _sim_stats(base_url: str) -> dict[str, int]:
-    import httpx
-
-    async with httpx.AsyncClient(base_url=base_url) as client:
-        return (await client.get("/_sim/stats")).json()
 
 
 if __name__ == "__main__":

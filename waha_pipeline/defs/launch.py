@@ -17,6 +17,8 @@ from waha_pipeline.defs.partitions import CHANNELS, CHUNKS
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 CHANNEL_TAG = "waha_pipeline/channel"
+# The CLI prints its own per-chunk summary; the run's full event log is in the instance (and the UI).
+CONSOLE_WARNINGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ def run_plan(instance: dg.DagsterInstance, defs: dg.Definitions, channel_slug: s
     result = defs.resolve_job_def("channel_plan_job").execute_in_process(
         instance=instance,
         partition_key=channel_slug,
-        run_config={"ops": {"channel_plan": {"config": config.model_dump()}}},
+        run_config={"ops": {"channel_plan": {"config": config.model_dump()}}, **CONSOLE_WARNINGS},
         tags={CHANNEL_TAG: channel_slug},
         raise_on_error=False,
     )
@@ -80,6 +82,7 @@ def run_chunks(
         results.append(
             job.execute_in_process(
                 instance=instance,
+                run_config=CONSOLE_WARNINGS,
                 tags={RANGE_START: keys[0], RANGE_END: keys[-1], CHANNEL_TAG: channel_slug},
                 raise_on_error=False,
             )
