@@ -60,6 +60,7 @@ def channel_plan(context: dg.AssetExecutionContext, config: PlanConfig, waha: Wa
             )
 
     recorded = asyncio.run(plan())
+    crm.stages().prune(recorded.plan.channel_slug, keep_plan_id=recorded.plan_id)
     chunk_keys = [c.key for c in recorded.plan.chunks]
     context.log.info("plan %s: %d chunks", recorded.plan_id, len(chunk_keys))
     return dg.MaterializeResult(
@@ -98,7 +99,13 @@ def channel_plan(context: dg.AssetExecutionContext, config: PlanConfig, waha: Wa
 def chunk_import(context: dg.AssetExecutionContext, waha: WahaResource, crm: CrmResource) -> Iterator[dg.AssetMaterialization]:
     """Re-running is safe: every write is an idempotent upsert and sessions are recomputed, never appended."""
     selected = {key.path[-1] for key in context.selected_asset_keys}
-    runner = ChunkRunner(crm.store, crm.stages(), waha.client, page_size=waha.resolved_page_size())
+    runner = ChunkRunner(
+        crm.store,
+        crm.stages(),
+        waha.client,
+        page_size=waha.resolved_page_size(),
+        fetch_deadline_seconds=waha.chunk_deadline_seconds,
+    )
     failures: list[ChunkFailed] = []
     for event in runner.run(list(context.partition_keys), selected, skip_committed=context.retry_number > 0):
         if isinstance(event, ChunkFailed):

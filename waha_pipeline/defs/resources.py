@@ -21,6 +21,8 @@ class WahaResource(dg.ConfigurableResource):
     base_url: str | None = None
     concurrency: int | None = None
     page_size: int | None = None
+    # Bounds one chunk's WAHA work whatever WAHA does (hangs, slow pages, retries): the chunk then fails alone.
+    chunk_deadline_seconds: float = 300.0
 
     def settings(self) -> Settings:
         return Settings.from_env()

@@ -7,6 +7,7 @@ except that once WAHA says the channel is gone, the remaining chunks fail fast w
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +36,10 @@ STAGE_FILES: dict[str, tuple[str, ...]] = {
     "session_batch": ("contacts", "assigned", "rejects", "sessions"),
     "committed_rows": (),
 }
+
+
+class ChunkDeadlineExceeded(Exception):
+    """The chunk's fetch ran past its deadline; transient (WAHA may be faster on a later attempt)."""
 
 
 @dataclass(frozen=True)
@@ -67,12 +72,14 @@ class ChunkRunner:
         *,
         page_size: int = 500,
         prefetch: int = 2,
+        fetch_deadline_seconds: float = 600.0,
     ) -> None:
         self.store = store
         self.stage_store = stage_store
         self.client_factory = client_factory
         self.page_size = page_size
         self.prefetch = max(0, prefetch)
+        self.fetch_deadline_seconds = fetch_deadline_seconds
 
     def run(
         self, chunk_keys: list[str], selected: set[str], *, skip_committed: bool = False
@@ -160,6 +167,7 @@ class ChunkRunner:
 
         stage = progress[0] = "fetched_messages"
         fetched = None
+        stats = WahaStats()  # stays empty when the fetch is read back from disk
         if plan[stage] is Action.LOAD:
             fetched = self.stage_store.read(plan_id, key, "fetched")
         elif plan[stage] is not Action.SKIP:
@@ -221,12 +229,21 @@ class ChunkRunner:
                 "sessions": result.sessions,
                 "contacts": result.contacts,
                 "rejects": result.rejects,
+                "waha_requests": stats.requests,
+                "waha_retries": stats.retries,
                 "duration_seconds": round(time.monotonic() - started, 3),
                 "dagster/row_count": result.messages_total,
             })
 
     async def _fetch(self, client: WahaClient, work: stages.ChunkWork) -> tuple[pd.DataFrame, WahaStats]:
-        return await client.measured(stages.fetch_messages(client, work, stages.raw_chat_list(work), self.page_size))
+        """Fetch a chunk within its deadline, so no chunk can hang for minutes whatever WAHA does."""
+        fetch = client.measured(stages.fetch_messages(client, work, stages.raw_chat_list(work), self.page_size))
+        try:
+            return await asyncio.wait_for(fetch, self.fetch_deadline_seconds)
+        except TimeoutError:
+            raise ChunkDeadlineExceeded(
+                f"fetching chunk {work.context.chunk_key} exceeded its {self.fetch_deadline_seconds:.0f} s deadline"
+            ) from None
 
     def _persisted(self, work: stages.ChunkWork) -> set[str]:
         plan_id, key = work.context.plan_id, work.context.chunk_key

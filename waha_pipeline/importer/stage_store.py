@@ -1,7 +1,8 @@
 """Per-chunk stage outputs as Parquet, so a later stage can be re-executed without fetching from WAHA again.
 
-Files live under `<root>/<plan_id>/<chunk_key>/<name>.parquet`; a new plan (new window) never reads an old
-plan's files. Writes go to a temporary name first and are renamed, so a killed process leaves no torn file.
+Files live under `<root>/<channel_slug>/<plan_id>/<chunk_key>/<name>.parquet`; a new plan (new window) never
+reads an old plan's files, and recording a new plan prunes the channel's older ones. Writes go to a temporary
+name first and are renamed, so a killed process leaves no torn file.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ class StageStore:
         self.root = Path(root)
 
     def _path(self, plan_id: str, chunk_key: str, name: str) -> Path:
-        return self.root / plan_id / chunk_key / f"{name}.parquet"
+        slug = chunk_key.split(".", 1)[0]
+        return self.root / slug / plan_id / chunk_key / f"{name}.parquet"
 
     def write(self, plan_id: str, chunk_key: str, name: str, frame: pd.DataFrame) -> None:
         path = self._path(plan_id, chunk_key, name)
@@ -33,10 +35,13 @@ class StageStore:
             return None
         return pd.read_parquet(path)
 
-    def drop_plan_except(self, channel_plan_ids: set[str], keep: str) -> None:
-        """Delete stage files of a channel's older plans; they can never be read again."""
-        for plan_id in channel_plan_ids - {keep}:
-            shutil.rmtree(self.root / plan_id, ignore_errors=True)
-
     def exists(self, plan_id: str, chunk_key: str, name: str) -> bool:
         return self._path(plan_id, chunk_key, name).exists()
+
+    def prune(self, channel_slug: str, keep_plan_id: str) -> None:
+        """Delete a channel's stage files of every plan but `keep_plan_id`: no chunk can read them again."""
+        channel_dir = self.root / channel_slug
+        if channel_dir.is_dir():
+            for plan_dir in channel_dir.iterdir():
+                if plan_dir.name != keep_plan_id:
+                    shutil.rmtree(plan_dir, ignore_errors=True)
