@@ -7,12 +7,14 @@ import dagster as dg
 from waha_pipeline.defs.assets import channel_plan, chunk_import
 from waha_pipeline.defs.jobs import channel_plan_job, chunk_import_job
 from waha_pipeline.defs.resources import CrmResource, WahaResource
+from waha_pipeline.defs.sensors import waha_session_sensor
 
 
 def build_definitions(waha: WahaResource | None = None, crm: CrmResource | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[channel_plan, chunk_import],
         jobs=[channel_plan_job, chunk_import_job],
+        sensors=[waha_session_sensor],
         resources={"waha": waha or WahaResource(), "crm": crm or CrmResource()},
         # UI backfills run the implicit asset job with this executor: no process per step.
         executor=dg.in_process_executor,

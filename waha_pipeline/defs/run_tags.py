@@ -1,0 +1,47 @@
+"""Run tags every import run carries: its channel, its WAHA server, a runtime bound sized from its chunks and
+crash-only run retries. The root dagster.yaml turns the first two into concurrency limits and the runtime into
+a run-monitoring timeout; CLI runs, sensor runs and documented automation all use `run_tags`.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+CHANNEL_TAG = "waha_pipeline/channel"
+WAHA_SERVER_TAG = "waha_pipeline/waha_server"
+MAX_RUNTIME_TAG = "dagster/max_runtime"
+MAX_RETRIES_TAG = "dagster/max_retries"
+RETRY_ON_FAILURE_TAG = "dagster/retry_on_asset_or_op_failure"
+
+# Fixed cost of a run before its first chunk: process start, resource setup (a no-op CRM migration), plan read.
+RUN_BASE_SECONDS = 600
+# Budget of one chunk (<= 50 chats): WAHA paging with retries and backoff, mapping, one commit.
+CHUNK_BUDGET_SECONDS = 180
+# A run that crashed (process killed, node lost) is retried once; a run whose chunks failed is not, because the
+# step RetryPolicy already retried it and a run retry would redo the whole range.
+CRASH_RETRIES = 1
+
+
+def max_runtime_seconds(chunks: int) -> int:
+    """Base + chunks x per-chunk budget; a plan run (0 chunks) gets the base alone."""
+    return RUN_BASE_SECONDS + max(0, chunks) * CHUNK_BUDGET_SECONDS
+
+
+def waha_server_label(base_url: str) -> str:
+    """`host:port` of a WAHA base URL, without scheme, credentials or path (it is shown in the UI)."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or "unknown"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{host}:{port}"
+
+
+def run_tags(channel_slug: str, waha_server: str, chunks: int) -> dict[str, str]:
+    """Tags for a run of `channel_slug` covering `chunks` chunks against `waha_server` (a label or a URL)."""
+    server = waha_server_label(waha_server) if "://" in waha_server else waha_server
+    return {
+        CHANNEL_TAG: channel_slug,
+        WAHA_SERVER_TAG: server,
+        MAX_RUNTIME_TAG: str(max_runtime_seconds(chunks)),
+        MAX_RETRIES_TAG: str(CRASH_RETRIES),
+        RETRY_ON_FAILURE_TAG: "false",
+    }

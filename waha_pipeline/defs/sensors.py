@@ -1,0 +1,282 @@
+"""waha_session_sensor: WAHA sessions that reach WORKING are planned, then their chunks are launched as ranged runs.
+
+A sensor cannot wait for a run inside one tick, so every session moves through a small state machine kept in the
+cursor (JSON, one entry per WAHA session name):
+
+    (new or reconnected) --WORKING--> planning --plan run succeeded--> importing --all chunks committed--> done
+                                          \\--plan run failed--> failed      \\--runs over, chunks left--> failed
+
+- A session is planned when it is WORKING and was not WORKING at the previous tick (first sight included), unless
+  its import is under way or done. SCAN_QR_CODE, STOPPED, ... sessions are only remembered.
+- A failed import is planned again only after the session reconnects (leaves WORKING and comes back).
+- Run keys are deterministic (`plan:{slug}:{attempt}`, `chunks:{plan_id}:{first chunk}`), so a tick repeated after
+  a daemon crash launches nothing twice.
+- WAHA or CRM errors propagate: an outage shows as a failed sensor tick, never as "nothing new".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from waha_pipeline.crm.records import ChunkRecord
+from waha_pipeline.defs.assets import MAX_CHUNKS_PER_RUN
+from waha_pipeline.defs.launch import RANGE_END, RANGE_START, contiguous_ranges
+from waha_pipeline.defs.partitions import channel_partitions, chunk_partitions
+from waha_pipeline.defs.resources import CrmResource, WahaResource
+from waha_pipeline.defs.run_tags import run_tags, waha_server_label
+from waha_pipeline.domain.planning import channel_slug
+from waha_pipeline.waha.models import SessionInfo
+
+WORKING = "WORKING"
+REQUEST_TAG = "waha_pipeline/request"  # `{slug}.{attempt}` on the plan run and on every chunk run of one import
+SENSOR_INTERVAL_SECONDS = 10
+CURSOR_VERSION = 1
+
+PLANNING, IMPORTING, DONE, FAILED = "planning", "importing", "done", "failed"
+IN_FLIGHT = (PLANNING, IMPORTING)
+
+
+@dataclass
+class SessionState:
+    """What the sensor remembers about one WAHA session."""
+
+    status: str | None = None  # WAHA status at the previous tick
+    phase: str | None = None  # None | planning | importing | done | failed
+    attempt: int = 0  # imports started for this session (run keys and request tags use it)
+    plan_id: str | None = None
+    summary: dict[str, int] = field(default_factory=dict)  # last channel summary reported to the UI
+
+    @property
+    def request(self) -> str:
+        return f"{self.slug}.{self.attempt}"
+
+    slug: str = ""
+
+
+def load_cursor(cursor: str | None) -> dict[str, SessionState]:
+    if not cursor:
+        return {}
+    data = json.loads(cursor)
+    return {name: SessionState(**state) for name, state in data.get("sessions", {}).items()}
+
+
+def dump_cursor(states: dict[str, SessionState]) -> str:
+    sessions = {
+        name: {"status": s.status, "phase": s.phase, "attempt": s.attempt, "plan_id": s.plan_id,
+               "summary": s.summary, "slug": s.slug}
+        for name, s in sorted(states.items())
+    }
+    return json.dumps({"v": CURSOR_VERSION, "sessions": sessions}, sort_keys=True)
+
+
+@dataclass
+class TickOutcome:
+    run_requests: list[dg.RunRequest] = field(default_factory=list)
+    channel_keys: list[str] = field(default_factory=list)
+    chunk_keys: list[str] = field(default_factory=list)
+    events: list[dg.AssetObservation] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dg.sensor(
+    name="waha_session_sensor",
+    minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Imports WAHA sessions that reach WORKING: plans the channel, then launches its chunks as ranged runs.",
+)
+def waha_session_sensor(context: dg.SensorEvaluationContext, waha: WahaResource, crm: CrmResource) -> dg.SensorResult | dg.SkipReason:
+    settings = waha.settings()
+    base_url = waha.base_url or settings.waha_base_url
+    if not base_url:
+        return dg.SkipReason("WAHA_BASE_URL is not set: no WAHA server to watch")
+    sessions = asyncio.run(_list_sessions(waha))
+    states = load_cursor(context.cursor)
+    outcome = TickOutcome()
+    for session in sessions:
+        state = states.setdefault(session.name, SessionState(slug=channel_slug(session.name)))
+        _advance(context.instance, crm, session, state, waha_server_label(base_url), settings.tenant_id, outcome)
+    cursor = dump_cursor(states)
+    if not outcome.run_requests and not outcome.events:
+        if cursor != context.cursor:
+            # only statuses changed (e.g. a session waiting for its QR scan): remember them
+            return dg.SensorResult(skip_reason=_skip_text(sessions, outcome), cursor=cursor)
+        return dg.SkipReason(_skip_text(sessions, outcome))
+    requests: list[dg.DynamicPartitionsRequest] = []
+    if outcome.channel_keys:
+        requests.append(channel_partitions.build_add_request(_new_keys(context.instance, channel_partitions.name, outcome.channel_keys)))
+    if outcome.chunk_keys:
+        requests.append(chunk_partitions.build_add_request(_new_keys(context.instance, chunk_partitions.name, outcome.chunk_keys)))
+    return dg.SensorResult(
+        run_requests=outcome.run_requests,
+        dynamic_partitions_requests=[r for r in requests if r.partition_keys],
+        asset_events=outcome.events,
+        cursor=cursor,
+    )
+
+
+async def _list_sessions(waha: WahaResource) -> list[SessionInfo]:
+    async with waha.client() as client:
+        return await client.list_sessions(all=True)
+
+
+def _advance(
+    instance: dg.DagsterInstance,
+    crm: CrmResource,
+    session: SessionInfo,
+    state: SessionState,
+    server: str,
+    default_tenant: str,
+    outcome: TickOutcome,
+) -> None:
+    """Move one session's state machine forward by at most one step per phase, adding requests to `outcome`."""
+    came_up = session.status == WORKING and state.status != WORKING
+    state.status = session.status
+    if state.phase == PLANNING:
+        _after_planning(instance, state, server, outcome)
+    if state.phase == IMPORTING:
+        _after_importing(instance, crm, state, outcome)
+    if session.status != WORKING:
+        if state.phase is None:
+            outcome.notes.append(f"{session.name} is {session.status}, not importing until WORKING")
+        return
+    if not came_up or state.phase in IN_FLIGHT or state.phase == DONE:
+        return
+    if state.phase is None and _already_imported(crm, session.name):
+        state.phase = DONE  # imported before this sensor saw it (CLI, or a reset cursor): nothing to do
+        outcome.notes.append(f"{session.name} was already imported")
+        return
+    # new session, or reconnected after a failed import: register the channel and plan it
+    crm.store.ensure_channel(session.tenant_id or default_tenant, session.name, session.me_push_name or session.name)
+    state.attempt += 1
+    state.phase, state.plan_id, state.summary = PLANNING, None, {}
+    outcome.channel_keys.append(state.slug)
+    outcome.run_requests.append(
+        dg.RunRequest(
+            run_key=f"plan:{state.slug}:{state.attempt}",
+            job_name="channel_plan_job",
+            partition_key=state.slug,
+            tags={**run_tags(state.slug, server, 0), REQUEST_TAG: state.request},
+        )
+    )
+
+
+def _after_planning(instance: dg.DagsterInstance, state: SessionState, server: str, outcome: TickOutcome) -> None:
+    runs = _runs(instance, state.request, "channel_plan_job")
+    succeeded = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
+    if not succeeded:
+        if runs and all(_over(r) for r in runs):
+            state.phase = FAILED
+            outcome.notes.append(f"{state.slug}: planning failed (run {runs[0].run_id})")
+        return
+    plan_id, chunk_keys = _plan_from_run(instance, succeeded[0].run_id)
+    state.phase, state.plan_id = IMPORTING, plan_id
+    if not chunk_keys:
+        state.phase = DONE
+        return
+    ordered = _extend(instance.get_dynamic_partitions(chunk_partitions.name), chunk_keys)
+    outcome.chunk_keys.extend(chunk_keys)
+    for keys in contiguous_ranges(ordered, chunk_keys, MAX_CHUNKS_PER_RUN):
+        outcome.run_requests.append(
+            dg.RunRequest(
+                run_key=f"chunks:{plan_id}:{keys[0]}",
+                job_name="chunk_import_job",
+                tags={
+                    **run_tags(state.slug, server, len(keys)),
+                    REQUEST_TAG: state.request,
+                    RANGE_START: keys[0],
+                    RANGE_END: keys[-1],
+                },
+            )
+        )
+
+
+def _after_importing(instance: dg.DagsterInstance, crm: CrmResource, state: SessionState, outcome: TickOutcome) -> None:
+    assert state.plan_id is not None
+    chunks = crm.store.plan_chunks(state.plan_id)
+    summary = channel_summary(chunks)
+    if summary != state.summary:
+        state.summary = summary
+        outcome.events.append(
+            dg.AssetObservation(asset_key="channel_plan", partition=state.slug, metadata=_summary_metadata(state.plan_id, summary))
+        )
+    if summary["pending"] == 0 and summary["failed"] == 0:
+        state.phase = DONE
+        return
+    runs = _runs(instance, state.request, "chunk_import_job")
+    if runs and all(_over(r) for r in runs):
+        state.phase = FAILED
+        outcome.notes.append(f"{state.slug}: {summary['failed'] + summary['pending']} chunk(s) not committed")
+
+
+def channel_summary(chunks: list[ChunkRecord]) -> dict[str, int]:
+    """Chunk counts by ledger status plus committed totals: the channel-level line shown in the UI."""
+    committed = [c for c in chunks if c.status == "committed"]
+    return {
+        "chunks": len(chunks),
+        "committed": len(committed),
+        "failed": sum(1 for c in chunks if c.status == "failed"),
+        "pending": sum(1 for c in chunks if c.status not in ("committed", "failed")),
+        "chats": sum(c.chats for c in chunks),
+        "messages": sum(c.messages or 0 for c in committed),
+        "sessions": sum(c.sessions or 0 for c in committed),
+        "contacts": sum(c.contacts or 0 for c in committed),
+        "rejects": sum(c.rejects or 0 for c in committed),
+    }
+
+
+def _summary_metadata(plan_id: str, summary: dict[str, int]) -> dict[str, Any]:
+    return {
+        "plan_id": plan_id,
+        **{f"chunks_{k}" if k in ("committed", "failed", "pending") else k: dg.MetadataValue.int(v) for k, v in summary.items()},
+    }
+
+
+def _plan_from_run(instance: dg.DagsterInstance, run_id: str) -> tuple[str, list[str]]:
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    for record in records:
+        materialization = record.asset_materialization
+        if materialization is not None and materialization.asset_key == dg.AssetKey("channel_plan"):
+            metadata = materialization.metadata
+            return str(metadata["plan_id"].value), list(metadata["chunk_keys"].value)  # type: ignore[arg-type]
+    raise RuntimeError(f"channel_plan run {run_id} succeeded without a channel_plan materialization")
+
+
+def _runs(instance: dg.DagsterInstance, request: str, job_name: str) -> list[dg.DagsterRun]:
+    return list(instance.get_runs(filters=dg.RunsFilter(job_name=job_name, tags={REQUEST_TAG: request})))
+
+
+def _over(run: dg.DagsterRun) -> bool:
+    """Finished for good: a failed run that the daemon will retry (crash retry) is not over yet."""
+    return run.is_finished and run.tags.get("dagster/will_retry") != "true"
+
+
+def _already_imported(crm: CrmResource, waha_session: str) -> bool:
+    channel = crm.store.find_channel(waha_session)
+    plan = crm.store.latest_plan(channel.id) if channel else None
+    if plan is None:
+        return False
+    chunks = crm.store.plan_chunks(plan.id)
+    return bool(chunks) and all(c.status == "committed" for c in chunks)
+
+
+def _extend(existing: list[str], keys: list[str]) -> list[str]:
+    """The partition order after the daemon appends `keys` (existing keys keep their place)."""
+    present = set(existing)
+    return existing + [k for k in dict.fromkeys(keys) if k not in present]
+
+
+def _new_keys(instance: dg.DagsterInstance, name: str, keys: list[str]) -> list[str]:
+    present = set(instance.get_dynamic_partitions(name))
+    return [k for k in dict.fromkeys(keys) if k not in present]  # no duplicates in one request (SQLite rejects them)
+
+
+def _skip_text(sessions: list[SessionInfo], outcome: TickOutcome) -> str:
+    if not sessions:
+        return "WAHA has no sessions"
+    detail = "; ".join(outcome.notes)
+    return f"nothing new in {len(sessions)} WAHA session(s)" + (f": {detail}" if detail else "")

@@ -1,0 +1,198 @@
+"""waha_session_sensor, tick by tick: the daemon's part (applying partition requests, launching runs) is done by
+the test, in process, so each state transition of the cursor is pinned without a webserver or daemon.
+
+Pins: WORKING sessions are planned once, then their chunks are launched as contiguous ranged runs with the
+channel/server/max_runtime tags; SCAN_QR_CODE and STOPPED sessions wait; a reconnect after a failed import
+plans again, after a successful one it does not; a WAHA outage is a sensor error, not a skip.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from waha_pipeline.crm.store import CrmStore
+from waha_pipeline.definitions import build_definitions
+from waha_pipeline.defs.resources import CrmResource, WahaResource
+from waha_pipeline.defs.run_tags import (
+    CHANNEL_TAG,
+    MAX_RUNTIME_TAG,
+    WAHA_SERVER_TAG,
+    max_runtime_seconds,
+    run_tags,
+    waha_server_label,
+)
+from waha_pipeline.defs.sensors import REQUEST_TAG, waha_session_sensor
+from waha_pipeline.simulator.dataset import DatasetSpec, SessionSpec
+from waha_pipeline.simulator.server import run_in_thread
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+
+# ---------------------------------------------------------------- FIXTURES
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[object]:
+    spec = DatasetSpec(
+        seed=5, chats=40, target_messages=240,
+        sessions=(SessionSpec(name="demo", chats=40, target_messages=240),
+                  SessionSpec(name="sales", status="SCAN_QR_CODE", tenant_id="acme", chats=24, target_messages=120)),
+    )
+    with run_in_thread(spec) as handle:
+        yield handle
+
+
+@pytest.fixture
+def world(sim, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
+    for name in ("WAHA_API_KEY", "WAHA_TENANT_ID", "WAHA_CONCURRENCY", "WAHA_PAGE_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WAHA_BASE_URL", sim.base_url)
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    sim.set_status("demo", "WORKING")
+    sim.set_status("sales", "SCAN_QR_CODE")
+    resources = {"waha": WahaResource(base_url=sim.base_url),
+                 "crm": CrmResource(database_url=pg_url, stage_dir=str(tmp_path / "stages"))}
+    store = CrmStore.from_url(pg_url)
+    with dg.instance_for_test() as instance:
+        yield {"defs": build_definitions(**resources), "resources": resources, "instance": instance, "store": store,
+               "sim": sim, "cursor": None}
+    store.dispose()
+
+
+def tick(world: dict) -> dg.SensorResult | dg.SkipReason:
+    """One sensor evaluation; partition requests are applied the way the daemon applies them."""
+    instance: dg.DagsterInstance = world["instance"]
+    with dg.build_sensor_context(instance=instance, cursor=world["cursor"], definitions=world["defs"],
+                                 resources=world["resources"]) as context:
+        result = waha_session_sensor(context)
+    if isinstance(result, dg.SensorResult):
+        for request in result.dynamic_partitions_requests or []:
+            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+        if result.cursor is not None:
+            world["cursor"] = result.cursor
+    return result
+
+
+def launch(world: dict, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+    job = world["defs"].resolve_job_def(request.job_name)
+    return job.execute_in_process(instance=world["instance"], partition_key=request.partition_key,
+                                  tags=request.tags, raise_on_error=False)
+
+
+def runs_of(result: dg.SensorResult | dg.SkipReason) -> list[dg.RunRequest]:
+    return list(result.run_requests or []) if isinstance(result, dg.SensorResult) else []
+
+
+def phases(world: dict) -> dict[str, str | None]:
+    return {name: s["phase"] for name, s in json.loads(world["cursor"])["sessions"].items()}
+
+
+# ---------------------------------------------------------------- TESTS
+
+
+def test_run_tags_bound_runtime_by_chunks_and_retry_crashes_only() -> None:
+    tags = run_tags("demo", "http://user:secret@waha.internal:3000/api", 50)
+    assert tags == {
+        CHANNEL_TAG: "demo",
+        WAHA_SERVER_TAG: "waha.internal:3000",
+        MAX_RUNTIME_TAG: str(max_runtime_seconds(50)),
+        "dagster/max_retries": "1",
+        "dagster/retry_on_asset_or_op_failure": "false",
+    }
+    assert max_runtime_seconds(50) > max_runtime_seconds(1) > max_runtime_seconds(0) > 0
+    assert waha_server_label("https://waha.example.com") == "waha.example.com:443"
+    assert run_tags("demo", "waha:3000", 0)[WAHA_SERVER_TAG] == "waha:3000"
+
+
+def test_working_session_is_planned_then_its_chunks_run_in_ranges(world: dict) -> None:
+    first = tick(world)
+    [plan_request] = runs_of(first)
+    assert plan_request.job_name == "channel_plan_job" and plan_request.partition_key == "demo"
+    assert plan_request.tags[CHANNEL_TAG] == "demo"
+    assert plan_request.tags[WAHA_SERVER_TAG] == waha_server_label(world["sim"].base_url)
+    assert world["instance"].get_dynamic_partitions("channels") == ["demo"]
+    assert phases(world) == {"demo": "planning", "sales": None}, "SCAN_QR_CODE waits for WORKING"
+    channel = world["store"].find_channel("demo")
+    assert channel is not None and channel.tenant_id == "default"
+
+    # the plan run has not happened yet: nothing new
+    assert isinstance(tick(world), dg.SkipReason)
+    assert launch(world, plan_request).success
+
+    second = tick(world)
+    chunk_requests = runs_of(second)
+    plan = world["store"].latest_plan(channel.id)
+    keys = [c.chunk_key for c in world["store"].plan_chunks(plan.id)]
+    assert len(keys) >= 1 and world["instance"].get_dynamic_partitions("chunks") == keys
+    covered = []
+    for request in chunk_requests:
+        start, end = request.tags[RANGE_START], request.tags[RANGE_END]
+        span = keys[keys.index(start): keys.index(end) + 1]
+        assert len(span) <= 50 and request.tags[MAX_RUNTIME_TAG] == str(max_runtime_seconds(len(span)))
+        assert request.tags[REQUEST_TAG] == plan_request.tags[REQUEST_TAG]
+        covered += span
+    assert covered == keys
+    [summary] = second.asset_events
+    assert summary.partition == "demo" and summary.metadata["chunks_pending"].value == len(keys)
+
+    # runs launched but not finished: idempotent, no second launch
+    assert runs_of(tick(world)) == []
+    for request in chunk_requests:
+        assert launch(world, request).success
+    done = tick(world)
+    assert runs_of(done) == [] and done.asset_events[0].metadata["chunks_committed"].value == len(keys)
+    assert phases(world)["demo"] == "done"
+    assert isinstance(tick(world), dg.SkipReason)
+
+    # a reconnect after a successful import imports nothing
+    world["sim"].set_status("demo", "STOPPED")
+    tick(world)
+    world["sim"].set_status("demo", "WORKING")
+    assert runs_of(tick(world)) == []
+
+
+def test_session_waits_for_working_and_takes_its_tenant(world: dict) -> None:
+    [demo_plan] = runs_of(tick(world))
+    assert demo_plan.partition_key == "demo"
+    world["sim"].set_status("sales", "STOPPED")
+    assert runs_of(tick(world)) == []
+    world["sim"].set_status("sales", "WORKING")
+    [sales_plan] = runs_of(tick(world))
+    assert sales_plan.partition_key == "sales" and sales_plan.tags[CHANNEL_TAG] == "sales"
+    assert world["store"].find_channel("sales").tenant_id == "acme"
+
+
+def test_reconnect_after_failed_import_plans_again(world: dict) -> None:
+    [first] = runs_of(tick(world))
+    world["sim"].set_status("demo", "STOPPED")  # the phone disconnects before planning: the plan run fails
+    assert not launch(world, first).success
+    tick(world)
+    assert phases(world)["demo"] == "failed"
+    world["sim"].set_status("demo", "SCAN_QR_CODE")
+    assert runs_of(tick(world)) == []
+    world["sim"].set_status("demo", "WORKING")
+    [again] = runs_of(tick(world))
+    assert again.run_key != first.run_key and again.partition_key == "demo"
+    assert launch(world, again).success
+    assert runs_of(tick(world)), "the new plan's chunks are launched"
+
+
+def test_fresh_cursor_skips_a_channel_already_imported(world: dict) -> None:
+    [plan] = runs_of(tick(world))
+    launch(world, plan)
+    for request in runs_of(tick(world)):
+        launch(world, request)
+    world["cursor"] = None  # e.g. the sensor was reset
+    result = tick(world)
+    assert runs_of(result) == [] and phases(world)["demo"] == "done"
+
+
+def test_waha_outage_is_a_sensor_error_not_a_skip(world: dict) -> None:
+    world["resources"] = {**world["resources"], "waha": WahaResource(base_url="http://127.0.0.1:9")}
+    with pytest.raises(Exception):
+        tick(world)
