@@ -9,26 +9,31 @@ Auth, stats and fault injection live in one pure-ASGI middleware (no BaseHTTPMid
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
-import random
+import socket
+import struct
+from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl
 
 import orjson
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from waha_pipeline.simulator.faults import HANG, NO_FAULT, NONE, RATE_LIMIT, RESET, Decision, Faults, html_body
 from waha_pipeline.simulator.state import SESSION_STATUSES, SimulatorState
 from waha_pipeline.simulator.truth import ground_truth
 
 _JSON = "application/json; charset=utf-8"
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type=_JSON)
+def _json(data: Any, status: int = 200, background: BackgroundTask | None = None) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type=_JSON, background=background)
 
 
 def _raw(body: bytes, status: int = 200) -> Response:
@@ -93,29 +98,87 @@ def _stat_kind(path: str) -> str:
     return "other"
 
 
+def _session_of(path: str) -> str | None:
+    """The session a WAHA path names (/api/sessions/{s}[/...] or /api/{s}/...), else None."""
+    if not path.startswith("/api/"):
+        return None
+    parts = path[5:].split("/", 2)
+    if parts[0] == "sessions":
+        return (parts[1] or None) if len(parts) > 1 else None
+    if parts[0] == "server":
+        return None
+    return parts[0] or None
+
+
+TRANSPORT_KEY = "waha_sim.transport"  # server._SimHttpProtocol puts the connection's transport in scope["state"]
+
+
+def _reason(status: int) -> str:
+    return {429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
+            503: "Service Unavailable"}.get(status, "Error")
+
+
+async def _sleep_unless_gone(receive: Receive, seconds: float) -> tuple[bool, Receive]:
+    """Sleep `seconds` unless the client disconnects first. Returns (gone, receive to hand to the app)."""
+    buffered: list[Any] = []
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            buffered.append(message)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({watcher}, timeout=seconds)
+    finally:
+        if not watcher.done():
+            watcher.cancel()
+    if watcher in done:
+        return True, receive
+
+    async def replay() -> Any:
+        return buffered.pop(0) if buffered else await receive()
+
+    return False, replay
+
+
 class SimMiddleware:
-    """Counts every request, enforces X-Api-Key on /api, and applies injected faults."""
+    """Counts every request, enforces X-Api-Key on /api, applies session plans and injected faults.
+
+    Order for a WAHA request: count -> `down` (503 at once) -> 401 -> session plans tick -> draw the fault
+    -> wait at the max_concurrent gate -> latency -> outcome (reset / hang / 429 / 5xx / the real answer).
+    With no faults set this is a handful of attribute reads on top of the counters.
+    """
 
     def __init__(self, app: ASGIApp, state: SimulatorState) -> None:
         self.app = app
         self.state = state
         self._sem: asyncio.Semaphore | None = None
         self._sem_size: int | None = None
-        self._rng = random.Random(state.dataset.spec.seed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        stats = self.state.stats
+        state = self.state
+        stats = state.stats
         if path.startswith("/_sim"):
             with stats._lock:
                 stats.control += 1
             await self.app(scope, receive, send)
             return
-        stats.begin(_stat_kind(path))
-        status_box = [500]
+        faults = state.faults
+        kind = _stat_kind(path)
+        cap = faults.max_concurrent
+        if cap:
+            stats.arrive(kind)
+        else:
+            stats.begin(kind)
+        admitted = not cap
+        status_box: list[int | None] = [500]
 
         async def send_wrapper(message: Any) -> None:
             if message["type"] == "http.response.start":
@@ -123,26 +186,97 @@ class SimMiddleware:
             await send(message)
 
         try:
-            if path.startswith("/api") and self.state.api_key is not None and not self._authorized(scope):
+            if faults.down:
+                stats.fault("down")
+                await _json({"message": "Service Unavailable", "error": "Service Unavailable", "statusCode": 503},
+                            503)(scope, receive, send_wrapper)
+                return
+            if path.startswith("/api") and state.api_key is not None and not self._authorized(scope):
                 await _json({"message": "Unauthorized", "statusCode": 401}, 401)(scope, receive, send_wrapper)
                 return
-            faults = self.state.faults
-            if faults.max_concurrent:
-                if self._sem is None or self._sem_size != faults.max_concurrent:
-                    self._sem, self._sem_size = asyncio.Semaphore(faults.max_concurrent), faults.max_concurrent
-                async with self._sem:
-                    await self._delay()
-                    await self.app(scope, receive, send_wrapper)
+            if state.plans and (name := _session_of(path)) is not None:
+                state.tick(name)
+            if faults.random:
+                decision = state.decider.decide(faults, scope["method"], path, scope.get("query_string", b""),
+                                                kind in faults.only_kinds)
+            elif faults.latency_ms:
+                decision = Decision(NONE, faults.latency_ms / 1000.0)
             else:
-                await self._delay()
-                await self.app(scope, receive, send_wrapper)
+                decision = NO_FAULT
+            if cap:
+                if self._sem is None or self._sem_size != cap:
+                    self._sem, self._sem_size = asyncio.Semaphore(cap), cap
+                async with self._sem:
+                    stats.admit()
+                    admitted = True
+                    await self._serve(decision, faults, scope, receive, send_wrapper, status_box)
+            else:
+                await self._serve(decision, faults, scope, receive, send_wrapper, status_box)
         finally:
+            if not admitted:
+                stats.admit()
             stats.end(status_box[0])
 
-    async def _delay(self) -> None:
-        f = self.state.faults
-        if f.latency_ms or f.jitter_ms:
-            await asyncio.sleep(max(0.0, f.latency_ms + self._rng.uniform(0, f.jitter_ms)) / 1000)
+    async def _serve(self, d: Decision, faults: Faults, scope: Scope, receive: Receive, send: Send,
+                     status_box: list[int | None]) -> None:
+        if d.delay_s:
+            await asyncio.sleep(d.delay_s)
+        outcome = d.outcome
+        if outcome == NONE:
+            await self.app(scope, receive, send)
+            return
+        stats = self.state.stats
+        if outcome == RESET:
+            stats.fault("reset")
+            status_box[0] = None
+            await self._reset(scope)
+        elif outcome == HANG:
+            stats.fault("hang")
+            gone, receive = await _sleep_unless_gone(receive, faults.hang_s)
+            if gone:  # the client gave up (its read timeout): nobody to answer
+                status_box[0] = None
+                return
+            await self.app(scope, receive, send)
+        elif outcome == RATE_LIMIT:
+            stats.fault("429")
+            response = _json({"statusCode": 429, "message": "ThrottlerException: Too Many Requests"}, 429)
+            response.headers["Retry-After"] = str(faults.retry_after_s)
+            await response(scope, receive, send)
+        else:
+            stats.fault("5xx")
+            if d.html:
+                stats.fault("html")
+                await Response(html_body(d.status), status_code=d.status,
+                               media_type="text/html; charset=utf-8")(scope, receive, send)
+            else:
+                await _json(self._error_body(d.status, scope), d.status)(scope, receive, send)
+
+    def _error_body(self, status: int, scope: Scope) -> dict:
+        if status == 500:  # Nest AllExceptionsFilter for a non-HTTP exception (waha_api.md 9)
+            return {"statusCode": 500, "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds")
+                    .replace("+00:00", "Z"),
+                    "exception": {"message": "injected fault (WAHA simulator)", "name": "Error"},
+                    "request": {"path": scope["path"], "method": scope["method"], "body": {},
+                                "query": dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))},
+                    "version": {"version": self.state.version, "engine": self.state.engine, "tier": "CORE"}}
+        return {"message": _reason(status), "error": _reason(status), "statusCode": status}
+
+    @staticmethod
+    async def _reset(scope: Scope) -> None:
+        """Close the TCP connection with an RST and no HTTP response. Needs the transport that
+        server._SimHttpProtocol exposes; without it (another ASGI server) raise, which is the nearest thing."""
+        transport = (scope.get("state") or {}).get(TRANSPORT_KEY)
+        if transport is None:
+            raise ConnectionResetError("injected connection reset (no transport to abort)")
+        if not transport.is_closing():
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):  # linger 0: close() sends RST, not FIN
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        # let connection_lost mark the request disconnected, so uvicorn does not try to answer 500 itself
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
 
     def _authorized(self, scope: Scope) -> bool:
         expected = self.state.api_key or ""
@@ -181,7 +315,7 @@ def create_app(state: SimulatorState) -> Starlette:
     def running(name: str) -> Response | None:
         """None when the session can serve data, else WAHA's 404 / 422 response."""
         status = state.statuses.get(name)
-        if status is None or status == "STOPPED":
+        if status is None or status == "STOPPED" or name in state.deleted:
             return _json({"message": f"We didn't find a session with name '{name}'.\n"
                                      f"Please start it first by using POST /api/sessions/{name}/start request",
                           "error": "Not Found", "statusCode": 404}, 404)
@@ -202,18 +336,19 @@ def create_app(state: SimulatorState) -> Starlette:
 
     async def list_sessions(request: Request) -> Response:
         show_all = _bool(request.query_params, "all") or False
-        names = [n for n in state.dataset.sessions if show_all or state.statuses[n] != "STOPPED"]
+        names = [n for n in state.dataset.sessions
+                 if n not in state.deleted and (show_all or state.statuses[n] != "STOPPED")]
         return _json([session_info(n) for n in names])
 
     async def get_session(request: Request) -> Response:
         name = request.path_params["session"]
-        if name not in state.dataset.sessions:
+        if name not in state.dataset.sessions or name in state.deleted:
             return _json({"message": "Session not found", "error": "Not Found", "statusCode": 404}, 404)
         return _json(session_info(name))
 
     async def get_me(request: Request) -> Response:
         name = request.path_params["session"]
-        if name not in state.dataset.sessions:
+        if name not in state.dataset.sessions or name in state.deleted:
             return _json({"message": "Session not found", "error": "Not Found", "statusCode": 404}, 404)
         return _json(me_info(name))
 
@@ -308,28 +443,98 @@ def create_app(state: SimulatorState) -> Starlette:
         state.stats.reset()
         return _json({"ok": True})
 
+    async def _body(request: Request) -> dict:
+        raw = await request.body()
+        body = orjson.loads(raw) if raw.strip() else {}
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        return body
+
+    def _count(body: dict, key: str) -> int | None:
+        v = body.get(key)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{key} must be a non-negative integer")
+        return v
+
+    def _unknown_session(name: str) -> Response:
+        return _json({"message": f"unknown session {name!r}", "statusCode": 404}, 404)
+
     async def sim_set_status(request: Request) -> Response:
+        """{"status": S, "after_requests"?: N, "for_requests"?: M}: S now, or from the (N+1)th request to the
+        session on; WORKING again after M requests in S."""
         name = request.path_params["name"]
+        if name not in state.dataset.sessions:
+            return _unknown_session(name)
         try:
-            body = orjson.loads(await request.body())
-            state.set_status(name, body["status"])
-        except KeyError:
-            return _json({"message": f"unknown session {name!r} or missing 'status'", "statusCode": 404}, 404)
+            body = await _body(request)
+            if "status" not in body:
+                raise ValueError("missing 'status'")
+            state.schedule_status(name, body["status"], _count(body, "after_requests") or 0,
+                                  _count(body, "for_requests"))
         except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
             return _json({"message": str(exc) or f"status must be one of {SESSION_STATUSES}",
                           "statusCode": 400}, 400)
-        return _json(session_info(name))
+        return _json({**session_info(name), "deleted": name in state.deleted, "plans": _plans(name)})
+
+    def _plans(name: str) -> list[dict]:
+        base = state.session_requests.get(name, 0)
+        return [{"after_requests": due - base - 1, "action": action, **({"status": arg} if arg else {})}
+                for due, action, arg in state.plans.get(name, [])]
+
+    async def sim_delete_session(request: Request) -> Response:
+        """{"after_requests"?: N}: the session is gone from WAHA now, or from the (N+1)th request to it on."""
+        name = request.path_params["name"]
+        if name not in state.dataset.sessions:
+            return _unknown_session(name)
+        try:
+            state.delete_session(name, _count(await _body(request), "after_requests"))
+        except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+            return _json({"message": str(exc), "statusCode": 400}, 400)
+        return _json({"name": name, "deleted": name in state.deleted, "plans": _plans(name)})
+
+    async def sim_restore_session(request: Request) -> Response:
+        """{"status"?: S}: undo a deletion (and a pending one); optionally set the status."""
+        name = request.path_params["name"]
+        if name not in state.dataset.sessions:
+            return _unknown_session(name)
+        try:
+            state.restore_session(name, (await _body(request)).get("status"))
+        except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+            return _json({"message": str(exc), "statusCode": 400}, 400)
+        return _json({**session_info(name), "deleted": False, "plans": _plans(name)})
 
     async def sim_faults(request: Request) -> Response:
+        """GET: the active fault set. POST: patch it with the body's fields (?mode=replace: the body on top of
+        the defaults). Installing a set restarts the draw counters."""
         if request.method == "POST":
-            body = orjson.loads(await request.body() or b"{}")
-            f = state.faults
-            for k in ("latency_ms", "jitter_ms"):
-                if k in body:
-                    setattr(f, k, float(body[k]))
-            if "max_concurrent" in body:
-                f.max_concurrent = int(body["max_concurrent"]) if body["max_concurrent"] else None
+            mode = request.query_params.get("mode", "patch")
+            try:
+                if mode not in ("patch", "replace"):
+                    raise ValueError("mode must be patch or replace")
+                body = await _body(request)
+                state.set_faults(Faults.from_dict(body, None if mode == "replace" else state.faults))
+            except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+                return _json({"message": str(exc), "statusCode": 400}, 400)
         return _json(state.faults.to_dict())
+
+    async def sim_down(request: Request) -> Response:
+        """{"for_s": S}: close the listening socket and every open connection, reopen after S seconds.
+        Over HTTP a duration is required: nothing could reach /_sim to bring it back."""
+        listener = state.listener
+        if listener is None:
+            return _json({"message": "not served by run_in_thread/serve_forever: use the 'down' fault (503)",
+                          "statusCode": 501}, 501)
+        try:
+            body = await _body(request)
+            for_s = body.get("for_s")
+            if isinstance(for_s, bool) or not isinstance(for_s, (int, float)) or for_s <= 0:
+                raise ValueError("for_s (seconds > 0) is required")
+        except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+            return _json({"message": str(exc), "statusCode": 400}, 400)
+        return _json({"down": True, "for_s": for_s},
+                     background=BackgroundTask(listener.go_down, float(for_s)))
 
     async def sim_truth(request: Request) -> Response:
         q = request.query_params
@@ -351,7 +556,8 @@ def create_app(state: SimulatorState) -> Starlette:
     async def sim_dataset(request: Request) -> Response:
         ds = state.dataset
         return _json({"anchor": ds.anchor, "seed": ds.spec.seed,
-                      "sessions": {n: {**s.counts(), "status": state.statuses[n], "tenant_id": s.tenant_id}
+                      "sessions": {n: {**s.counts(), "status": state.statuses[n], "tenant_id": s.tenant_id,
+                                       "deleted": n in state.deleted, "plans": _plans(n)}
                                    for n, s in ds.sessions.items()}})
 
     routes = [
@@ -370,6 +576,9 @@ def create_app(state: SimulatorState) -> Starlette:
         Route("/_sim/stats", sim_stats),
         Route("/_sim/reset-stats", sim_reset_stats, methods=["POST"]),
         Route("/_sim/sessions/{name}/status", sim_set_status, methods=["POST"]),
+        Route("/_sim/sessions/{name}/delete", sim_delete_session, methods=["POST"]),
+        Route("/_sim/sessions/{name}/restore", sim_restore_session, methods=["POST"]),
+        Route("/_sim/down", sim_down, methods=["POST"]),
         Route("/_sim/faults", sim_faults, methods=["GET", "POST"]),
         Route("/_sim/truth", sim_truth),
         Route("/_sim/dataset", sim_dataset),

@@ -8,26 +8,16 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
 from waha_pipeline.simulator.dataset import Dataset, SimChat, SimSession
+from waha_pipeline.simulator.faults import FAULT_COUNTERS, Decider, Faults
 
 SESSION_STATUSES = ("STOPPED", "STARTING", "SCAN_QR_CODE", "PASSKEY_REQUIRED", "PASSKEY_CONFIRMATION_REQUIRED",
                     "WORKING", "FAILED")
 STAT_KINDS = ("sessions", "chats", "messages", "lids", "other")
-
-
-@dataclass
-class Faults:
-    """Fault injection consulted by the middleware on /api routes. Only latency and a concurrency cap so far."""
-
-    latency_ms: float = 0.0
-    jitter_ms: float = 0.0
-    max_concurrent: int | None = None  # requests beyond this queue (like a saturated WAHA worker)
-
-    def to_dict(self) -> dict:
-        return {"latency_ms": self.latency_ms, "jitter_ms": self.jitter_ms, "max_concurrent": self.max_concurrent}
 
 
 class Stats:
@@ -43,20 +33,45 @@ class Stats:
             self.by_status: dict[int, int] = {}
             self.messages_by_chat: dict[str, int] = {}
             self.control = 0
-            self.in_flight = 0
+            self.in_flight = 0  # being served (past the max_concurrent gate)
             self.max_in_flight = 0
+            self.waiting = 0  # queued at the max_concurrent gate
+            self.max_waiting = 0
+            self.faults = dict.fromkeys(FAULT_COUNTERS, 0)
 
     def begin(self, kind: str) -> None:
+        """A WAHA request arrived and is served at once (no concurrency cap)."""
         with self._lock:
             self.by_kind[kind] += 1
             self.in_flight += 1
             if self.in_flight > self.max_in_flight:
                 self.max_in_flight = self.in_flight
 
-    def end(self, status: int) -> None:
+    def end(self, status: int | None) -> None:
+        """The request ended with `status`; None: no HTTP response at all (an injected reset)."""
         with self._lock:
             self.in_flight -= 1
-            self.by_status[status] = self.by_status.get(status, 0) + 1
+            if status is not None:
+                self.by_status[status] = self.by_status.get(status, 0) + 1
+
+    def arrive(self, kind: str) -> None:
+        """A WAHA request arrived and waits at the max_concurrent gate; `admit` follows."""
+        with self._lock:
+            self.by_kind[kind] += 1
+            self.waiting += 1
+            if self.waiting > self.max_waiting:
+                self.max_waiting = self.waiting
+
+    def admit(self) -> None:
+        with self._lock:
+            self.waiting -= 1
+            self.in_flight += 1
+            if self.in_flight > self.max_in_flight:
+                self.max_in_flight = self.in_flight
+
+    def fault(self, kind: str) -> None:
+        with self._lock:
+            self.faults[kind] += 1
 
     def count_chat(self, chat_id: str) -> None:
         with self._lock:
@@ -67,7 +82,8 @@ class Stats:
             return {**self.by_kind, "total": sum(self.by_kind.values()),
                     "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
                     "messages_by_chat": dict(self.messages_by_chat), "control": self.control,
-                    "in_flight": self.in_flight, "max_in_flight": self.max_in_flight}
+                    "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
+                    "waiting": self.waiting, "max_waiting": self.max_waiting, "faults": dict(self.faults)}
 
 
 class ChatIndex:
@@ -98,6 +114,9 @@ class ChatIndex:
 
 @dataclass
 class SimulatorState:
+    """Everything one simulator serves from. Session lifecycle changes may be immediate or scheduled in
+    "requests to that session" (any /api request whose path names it, whatever its outcome)."""
+
     dataset: Dataset
     api_key: str | None = None
     faults: Faults = field(default_factory=Faults)
@@ -106,18 +125,115 @@ class SimulatorState:
     chat_index: dict[str, ChatIndex] = field(default_factory=dict)
     engine: str = "GOWS"
     version: str = "2026.7.1"
+    deleted: set[str] = field(default_factory=set)  # sessions gone from WAHA (404 everywhere) until restored
+    # session -> pending (due request number, action, argument); see tick()
+    plans: dict[str, list[tuple[int, str, str | None]]] = field(default_factory=dict)
+    session_requests: dict[str, int] = field(default_factory=dict)  # counted while a session has plans
+    decider: Decider = field(init=False)
+    listener: Any = field(default=None, repr=False)  # server.Listener when served by uvicorn (down/up)
 
     def __post_init__(self) -> None:
+        self._lock = threading.RLock()
         for name, sess in self.dataset.sessions.items():
             self.statuses.setdefault(name, sess.status)
             self.chat_index[name] = ChatIndex(sess.chats)
+        self.decider = Decider(self._fault_seed(self.faults))
 
     def session(self, name: str) -> SimSession | None:
         return self.dataset.sessions.get(name)
 
-    def set_status(self, name: str, status: str) -> None:
+    # ---- faults
+    def _fault_seed(self, faults: Faults) -> int:
+        return self.dataset.spec.seed if faults.seed is None else faults.seed
+
+    def set_faults(self, faults: Faults) -> Faults:
+        """Install `faults` and restart the draw counters, so the same request sequence replays the same faults."""
+        faults.validate()
+        with self._lock:
+            self.decider = Decider(self._fault_seed(faults))
+            self.faults = faults
+        return faults
+
+    # ---- session lifecycle
+    def _known(self, name: str) -> None:
         if name not in self.dataset.sessions:
             raise KeyError(name)
+
+    @staticmethod
+    def _check_status(status: str) -> None:
         if status not in SESSION_STATUSES:
             raise ValueError(f"unknown session status {status!r}; one of {', '.join(SESSION_STATUSES)}")
+
+    def set_status(self, name: str, status: str) -> None:
+        self._known(name)
+        self._check_status(status)
         self.statuses[name] = status
+
+    def schedule_status(self, name: str, status: str, after_requests: int = 0, for_requests: int | None = None) -> None:
+        """`status` from request after_requests+1 to that session on; with for_requests=M, WORKING again after
+        M requests in that status. after_requests=0 changes it now."""
+        self._known(name)
+        self._check_status(status)
+        if after_requests < 0 or (for_requests is not None and for_requests < 0):
+            raise ValueError("after_requests and for_requests must not be negative")
+        with self._lock:
+            now = self.session_requests.get(name, 0)
+            if after_requests == 0:
+                self.statuses[name] = status
+            else:
+                self._plan(name, now + after_requests + 1, "status", status)
+            if for_requests is not None:
+                self._plan(name, now + after_requests + for_requests + 1, "status", "WORKING")
+
+    def delete_session(self, name: str, after_requests: int | None = None) -> None:
+        """The session disappears from WAHA now, or from request after_requests+1 to it on."""
+        self._known(name)
+        if after_requests is not None and after_requests < 0:
+            raise ValueError("after_requests must not be negative")
+        with self._lock:
+            if not after_requests:
+                self.deleted.add(name)
+            else:
+                self._plan(name, self.session_requests.get(name, 0) + after_requests + 1, "delete", None)
+
+    def restore_session(self, name: str, status: str | None = None) -> None:
+        """Undo a deletion (also a pending one); the status is what it was, or `status`."""
+        self._known(name)
+        if status is not None:
+            self._check_status(status)
+        with self._lock:
+            self.deleted.discard(name)
+            pending = [p for p in self.plans.get(name, []) if p[1] != "delete"]
+            self._set_plans(name, pending)
+            if status is not None:
+                self.statuses[name] = status
+
+    def cancel_schedules(self, name: str | None = None) -> None:
+        with self._lock:
+            for n in [name] if name is not None else list(self.plans):
+                self._set_plans(n, [])
+
+    def _plan(self, name: str, due: int, action: str, arg: str | None) -> None:
+        self.session_requests.setdefault(name, 0)
+        self._set_plans(name, sorted([*self.plans.get(name, []), (due, action, arg)], key=lambda p: p[0]))
+
+    def _set_plans(self, name: str, plans: list[tuple[int, str, str | None]]) -> None:
+        if plans:
+            self.plans[name] = plans
+        else:
+            self.plans.pop(name, None)
+
+    def tick(self, name: str) -> None:
+        """One more /api request names session `name`: count it and apply the plans now due (before serving)."""
+        with self._lock:
+            plans = self.plans.get(name)
+            if not plans:
+                return
+            n = self.session_requests[name] = self.session_requests.get(name, 0) + 1
+            while plans and plans[0][0] <= n:
+                _, action, arg = plans.pop(0)
+                if action == "delete":
+                    self.deleted.add(name)
+                else:
+                    self.statuses[name] = arg  # type: ignore[assignment]
+            self._set_plans(name, plans)
