@@ -107,6 +107,15 @@ def proc_cpu(pid: int) -> tuple[float, float] | None:
     return (utime + stime) / CLK_TCK, (cutime + cstime) / CLK_TCK
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    total = sum(vals[:8])  # guest time is already included in user
+    return (total - idle) / CLK_TCK, total / CLK_TCK
+
+
 def _cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -188,8 +197,8 @@ class PgCpuMonitor:
             c = proc_cpu(pid)
             if c is None:
                 continue
-            if pid not in self.kind:
-                cmd = _cmdline(pid)
+            if self.kind.get(pid, "other") == "other":  # re-read: a new backend names its database only
+                cmd = _cmdline(pid)                         # after authentication rewrites its title
                 if f" {self.dbname} " in f" {cmd} ":
                     kind = "ours"
                 elif any(w in cmd for w in ("checkpointer", "background writer", "walwriter", "autovacuum launcher",
@@ -199,10 +208,9 @@ class PgCpuMonitor:
                     kind = "other"  # a backend of another database, an autovacuum worker, a parallel worker
                 self.kind[pid] = kind
                 # a process born during the window counts from zero; one alive at the start from its value then
-                self.first[pid] = c[0] if initial else 0.0
-            if self.kind[pid] == "other" and c[0] - self.first.get(pid, 0.0) > 0.0 and not initial:
-                self.foreign_backends.add(pid)
+                self.first.setdefault(pid, c[0] if initial else 0.0)
             self.last[pid] = c[0]
+        self.foreign_backends = {p for p, k in self.kind.items() if k == "other" and self.last[p] > self.first[p]}
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -260,8 +268,9 @@ class Simulator:
         cmd = [WAHA, "simulate", "--port", str(self.port), "--seed", str(sc.seed), "--chats", str(sc.chats),
                "--messages", str(sc.messages), "--session", CHANNEL]
         env = {k: v for k, v in os.environ.items() if not k.startswith("WAHA_")}
+        env.update(CODE_ENV)
         started = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
                                      start_new_session=True)
         _CHILDREN.add(self.proc)
         while True:
@@ -311,6 +320,19 @@ def _rss_mb(pid: int) -> float | None:
 
 
 _CHILDREN: set[subprocess.Popen] = set()
+CODE_ENV: dict[str, str] = {}  # PYTHONPATH of a `--code REF` snapshot, for the simulator and import processes
+
+
+def snapshot_code(ref: str, workdir: Path) -> dict:
+    """Export waha_pipeline/ at `ref` into workdir and import it from there (PYTHONPATH precedes the editable
+    install's finder), so that a benchmark is not disturbed by edits made to the working tree meanwhile."""
+    commit = subprocess.run(["git", "rev-parse", ref], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    dest = workdir / f"code-{commit[:10]}"
+    dest.mkdir()
+    archive = subprocess.run(["git", "archive", commit, "waha_pipeline"], cwd=REPO, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    CODE_ENV["PYTHONPATH"] = str(dest)
+    return {"ref": ref, "commit": commit, "path": str(dest)}
 
 
 def _terminate(proc: subprocess.Popen) -> None:
@@ -392,16 +414,40 @@ def wait_stats_flushed(name: str, seconds: float = 2.0) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- import
+WAIT_IDLE_S = 0.0  # --wait-idle: wait up to this long for the machine to be quiet before each import
+
+
+def wait_idle(max_wait: float, threshold: float = 0.25, quiet_windows: int = 3) -> dict:
+    """Wait (at most max_wait s) until the machine's busy CPU stays under `threshold` of its capacity for
+    `quiet_windows` consecutive 1-second windows. Other work on the box inflates wall time, not CPU time."""
+    started = time.monotonic()
+    quiet = 0
+    last = 1.0
+    prev = machine_cpu()
+    while time.monotonic() - started < max_wait and quiet < quiet_windows:
+        time.sleep(1.0)
+        cur = machine_cpu()
+        last = (cur[0] - prev[0]) / max(cur[1] - prev[1], 1e-9)
+        prev = cur
+        quiet = quiet + 1 if last < threshold else 0
+    return {"waited_s": round(time.monotonic() - started, 1), "idle": quiet >= quiet_windows,
+            "busy_share_last_1s": round(last, 3)}
+
+
 def run_import(sc: Scenario, sim: Simulator, db: str, home: Path, log_path: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAHA_") and k not in ("DATABASE_URL",)}
     env.update(WAHA_BASE_URL=sim.url, DATABASE_URL=db_url(db), DAGSTER_HOME=str(home), PYTHONUNBUFFERED="1")
+    env.update(CODE_ENV)
     for k in ("WAHA_CONCURRENCY", "WAHA_PAGE_SIZE"):  # importer tuning knobs pass through when set explicitly
         if k in os.environ:
             env[k] = os.environ[k]
     cmd = [WAHA, "import", CHANNEL, "--days", str(sc.days)]
+    idle = wait_idle(WAIT_IDLE_S) if WAIT_IDLE_S > 0 else None
     pg = PgCpuMonitor(db)
     pg.start()
     sim_cpu0 = sim.cpu()
+    load0 = Path("/proc/loadavg").read_text().split()[:3]
+    mach0 = machine_cpu()
     box: dict = {}
     with open(log_path, "wb") as log:
         t_wall0 = time.time()
@@ -429,8 +475,12 @@ def run_import(sc: Scenario, sim: Simulator, db: str, home: Path, log_path: Path
         _CHILDREN.discard(proc)
     wall = box.get("t1", time.monotonic()) - t0
     sim_cpu1 = sim.cpu()
+    mach1 = machine_cpu()
     pg_cpu = pg.stop()
     ru = box.get("ru")
+    busy = mach1[0] - mach0[0]
+    ours = (ru.ru_utime + ru.ru_stime if ru else 0) + (sim_cpu1 - sim_cpu0) + (
+        pg_cpu["all_s"] if not pg_cpu["other_activity"] else pg_cpu["ours_plus_aux_s"])
     tail = log_path.read_text(errors="replace").splitlines()[-15:]
     return {
         "command": " ".join(cmd),
@@ -444,6 +494,12 @@ def run_import(sc: Scenario, sim: Simulator, db: str, home: Path, log_path: Path
         "cpu_importer_sys_s": round(ru.ru_stime, 3) if ru else None,
         "cpu_sim_s": round(sim_cpu1 - sim_cpu0, 3),
         "cpu_pg": pg_cpu,
+        "wait_idle": idle,
+        "loadavg_before_after": [load0, Path("/proc/loadavg").read_text().split()[:3]],
+        # whole-machine CPU during the import: what the benchmark's processes used, and the rest (other work on
+        # the box competing for the same cores; includes this harness's sampling, a few ms)
+        "machine_cpu": {"busy_s": round(busy, 2), "capacity_s": round(mach1[1] - mach0[1], 2),
+                        "others_s": round(busy - ours, 2)},
         "log": str(log_path),
         "log_tail": tail if proc.returncode != 0 else tail[-3:],
     }
@@ -629,7 +685,7 @@ def _fmt(v, spec: str = "") -> str:
 
 def table(rows: list[dict]) -> str:
     head = ["scenario", "msgs", "chats", "req total (msg/chat/sess/lid)", "msg req/chat", "wall s", "T0 s",
-            "wall/T0", "msgs/s", "RSS MB", "CPU s imp/sim/pg", "outside chunk", "exit", "rerun"]
+            "wall/T0", "msgs/s", "peak RSS MB", "CPU s imp/sim/pg", "others' CPU s", "outside chunk", "exit", "rerun"]
     lines = []
     for r in rows:
         if "error" in r and "wall_s" not in r:
@@ -652,6 +708,7 @@ def table(rows: list[dict]) -> str:
             f"{r['wall_s']:.2f}", _fmt(r["t0_s"], ".2f"), _fmt(r["wall_over_t0"], ".2f"),
             _fmt(r["messages_per_s"], ".0f"), _fmt(r["peak_rss_mb"], ".0f"),
             f"{r['cpu_importer_s']:.1f}/{r['cpu_sim_s']:.1f}/{pg_s:.1f}{'*' if pg['other_activity'] else ''}",
+            f"{r['machine_cpu']['others_s']:.1f}",
             f"{share * 100:.1f}% ({d.get('outside_chunk_s'):.1f} s)" if share is not None else "-",
             f"{r['exit_code']}{' T/O' if r['timed_out'] else ''}", rerun,
         ])
@@ -759,8 +816,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke check")
     ap.add_argument("--growth-sizes", default=None, help="comma-separated message counts for `growth`")
     ap.add_argument("--keep-db", action="store_true", help="keep the benchmark databases (default: drop them)")
+    ap.add_argument("--code", default=None, metavar="REF",
+                    help="benchmark the committed waha_pipeline/ at this git ref (e.g. HEAD) instead of the working "
+                         "tree, which others may be editing")
+    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                    help="before each import, wait up to S seconds for the machine to be quiet (<25%% busy for 3 s)")
     ap.add_argument("--out", default=None, help="JSON output path (default bench/results/<timestamp>.json)")
     args = ap.parse_args(argv)
+    global WAIT_IDLE_S
+    WAIT_IDLE_S = args.wait_idle
     sizes = [int(x) for x in args.growth_sizes.split(",")] if args.growth_sizes else None
     scenarios = build_scenarios(args.scenarios, args.quick, sizes)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -768,9 +832,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix=f"waha-bench-{stamp}-"))
     out_path = Path(args.out) if args.out else RESULTS / f"{stamp}.json"
     info = machine_info()
+    info["code"] = snapshot_code(args.code, workdir) if args.code else {"ref": "working tree", "path": str(REPO)}
     print(f"waha-pipeline benchmark {stamp}: {info['nproc']} CPU ({info['cpu_model']}), {info['mem_total_mb']} MB, "
           f"Python {info['python']}, PostgreSQL {info['postgres']}, commit {info['git_commit'][:10]}"
-          f"{' (+local changes in waha_pipeline/)' if info['git_dirty_files'] else ''}; logs in {workdir}")
+          f"{' (+local changes in waha_pipeline/)' if info['git_dirty_files'] else ''}; code: {info['code']['ref']}"
+          f"{' ' + info['code'].get('commit', '')[:10]}; logs in {workdir}")
 
     def on_signal(signum, frame):  # noqa: ANN001
         raise KeyboardInterrupt
