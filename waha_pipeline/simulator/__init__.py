@@ -3,7 +3,8 @@
 Public API (the CLI, tests and benchmarks use only these):
     DatasetSpec, SessionSpec, build_dataset          -- simulator.dataset
     ground_truth                                     -- simulator.truth
-    SimulatorState, Faults                           -- simulator.state
+    SimulatorState                                   -- simulator.state
+    Faults, add_fault_arguments, faults_from_args    -- simulator.faults (fault injection, CLI flags)
     create_app                                       -- simulator.app
     run_in_thread, serve_forever, build_state, SimulatorHandle -- simulator.server
 """
@@ -12,11 +13,13 @@ from __future__ import annotations
 
 from waha_pipeline.simulator.app import create_app
 from waha_pipeline.simulator.dataset import Dataset, DatasetSpec, SessionSpec, build_dataset
+from waha_pipeline.simulator.faults import Faults, add_fault_arguments, faults_from_args
 from waha_pipeline.simulator.server import SimulatorHandle, build_state, run_in_thread, serve_forever
-from waha_pipeline.simulator.state import Faults, SimulatorState
+from waha_pipeline.simulator.state import SimulatorState
 from waha_pipeline.simulator.truth import ground_truth
 
 __all__ = [
-    "Dataset", "DatasetSpec", "Faults", "SessionSpec", "SimulatorHandle", "SimulatorState", "build_dataset",
-    "build_state", "create_app", "ground_truth", "run_in_thread", "serve_forever",
+    "Dataset", "DatasetSpec", "Faults", "SessionSpec", "SimulatorHandle", "SimulatorState", "add_fault_arguments",
+    "build_dataset", "build_state", "create_app", "faults_from_args", "ground_truth", "run_in_thread",
+    "serve_forever",
 ]
