@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pandas as pd
 import sqlalchemy as sa
 
-from waha_pipeline.crm import ledger, sql, staging
+from waha_pipeline.crm import coverage, ledger, sql, staging
 from waha_pipeline.crm.records import CommitResult
 from waha_pipeline.crm.schema import UUID_T, channels, contacts, import_plans, message_rejects, messages
 from waha_pipeline.crm.schema import sessions, to_seconds, to_utc
@@ -64,6 +64,7 @@ def commit_chunk(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
         other = _effective_settings(conn, channel_id, settings.plan_time, None)
         _recompute_sessions(conn, ctx.tenant_id, channel_id, sa.select(stage_merges.c.new_id), other)
     _update_statuses(conn, ctx.channel_id, settings)
+    coverage.extend(conn, ctx, batch.chat_ids, set(message_frame["chat_id"].dropna()))
 
     counts = {
         "chats": batch.chats,

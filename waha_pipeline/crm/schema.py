@@ -199,6 +199,21 @@ import_chunks = sa.Table(
     sa.CheckConstraint("status IN ('pending', 'committed', 'failed')", name="status"),
 )
 
+# Per chat, the span of its history that is entirely in the CRM (domain.coverage): a re-import fetches only the
+# rest of its window. Written in the chunk's transaction, so it never vouches for rows that did not commit.
+chat_coverage = sa.Table(
+    "chat_coverage",
+    metadata,
+    _id("channel_id", sa.ForeignKey("channels.id"), nullable=False),
+    _tenant(),
+    sa.Column("chat_id", sa.Text, nullable=False),
+    sa.Column("covered_from", UtcDateTime),  # NULL: since the beginning of the chat
+    sa.Column("covered_to", UtcDateTime, nullable=False),
+    sa.Column("has_messages", sa.Boolean, nullable=False, server_default=sa.false()),
+    _updated_at(),
+    sa.PrimaryKeyConstraint("channel_id", "chat_id"),
+)
+
 
 def to_utc(seconds: int) -> dt.datetime:
     """Unix seconds -> aware UTC datetime (the store boundary; frames carry ints)."""

@@ -8,12 +8,14 @@ sessions recomputed inside the transaction from every stored + new message of th
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 
-from waha_pipeline.crm import commit, ledger, sql
+from waha_pipeline.crm import commit, coverage, ledger, sql
+from waha_pipeline.crm.coverage import Coverage
 from waha_pipeline.crm.records import ChannelRecord, ChunkRecord, CommitResult, PlanRecord
 from waha_pipeline.crm.schema import channels, import_chunks, import_plans, message_rejects, messages, sessions
 from waha_pipeline.domain import ids
@@ -140,6 +142,44 @@ class CrmStore:
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
         return conform(pd.DataFrame(rows, columns=list(STORED_MESSAGE_COLUMNS)), STORED_MESSAGE_COLUMNS)
+
+    def chat_coverage(self, channel_id: str, chat_ids: Collection[str]) -> dict[str, Coverage]:
+        """What each chat already has in the CRM, so a re-import fetches only the rest (domain.coverage)."""
+        with self.engine.connect() as conn:
+            return coverage.read(conn, channel_id, chat_ids)
+
+    def latest_push_names(self, channel_id: str, contact_ids: Collection[str]) -> pd.DataFrame:
+        """Per contact, its latest stored inbound message with a push name: contact_id, sent_at, external_id,
+        push_name. Lets a re-import that fetched only new messages name a contact as a clean import would."""
+        columns = {"contact_id": "string", "sent_at": "int64", "external_id": "string", "push_name": "string"}
+        if not contact_ids:
+            return conform(pd.DataFrame(), columns)
+        ranked = (
+            sa.select(
+                messages.c.contact_id,
+                sql.epoch_seconds(messages.c.sent_at).label("sent_at"),
+                messages.c.external_id,
+                messages.c.push_name,
+                sa.func.row_number().over(
+                    partition_by=messages.c.contact_id,
+                    order_by=(messages.c.sent_at.desc(), messages.c.external_id.desc()),
+                ).label("rank"),
+            )
+            .where(
+                messages.c.channel_id == channel_id,
+                messages.c.contact_id.in_(sorted(set(contact_ids))),
+                messages.c.from_me.is_(False),
+                messages.c.push_name.is_not(None),
+                messages.c.push_name != "",
+            )
+            .subquery()
+        )
+        stmt = sa.select(ranked.c.contact_id, ranked.c.sent_at, ranked.c.external_id, ranked.c.push_name).where(
+            ranked.c.rank == 1
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return conform(pd.DataFrame(rows, columns=list(columns)), columns)
 
     def counts(self, channel_id: str) -> dict[str, int]:
         """Row counts of the channel: messages, contacts (with a message in it), sessions, rejects."""

@@ -31,6 +31,7 @@ MESSAGE_COLUMNS: dict[str, str] = {
     "content_type": "string",
     "body": "string",
     "sender_id": "string",  # group participant, NULL in 1:1 chats
+    "push_name": "string",  # sender's profile name on inbound messages: names a contact without a chat name
 }
 
 # Sessions per (channel, contact), derived from every stored + new message of the contact (SPEC 6.4).
@@ -89,3 +90,4 @@ class ChunkBatch:
     messages: pd.DataFrame = field(default_factory=lambda: empty_frame(MESSAGE_COLUMNS))
     rejects: pd.DataFrame = field(default_factory=lambda: empty_frame(REJECT_COLUMNS))
     chats: int = 0
+    chat_ids: tuple[str, ...] = ()  # every chat of the chunk: their window is covered once this commits

@@ -6,7 +6,7 @@ Resolves within the plan only (phone, lid, group id); merging with contacts alre
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -44,30 +44,43 @@ def _chat_name(chats: Sequence[PlannedChat]) -> str | None:
     return named[0].name if named else None
 
 
-def _latest_push_names(messages: pd.DataFrame) -> dict[str, str]:
-    """contact_id -> push name of its latest inbound message that has one, ordered by (sent_at, external_id)."""
-    if "push_name" not in messages.columns or messages.empty:
-        return {}
-    push = messages["push_name"].astype("string").str.strip()
-    keep = ~messages["from_me"].astype(bool).to_numpy() & push.fillna("").ne("").to_numpy()
-    inbound = pd.DataFrame(
-        {
+def _latest_push_names(messages: pd.DataFrame, stored: pd.DataFrame | None = None) -> dict[str, str]:
+    """contact_id -> push name of its latest inbound message that has one, ordered by (sent_at, external_id).
+
+    `stored` (contact_id, sent_at, external_id, push_name) adds each contact's latest stored candidate, so an
+    import that fetched only part of the history still picks the name a clean import would.
+    """
+    frames = []
+    if "push_name" in messages.columns and not messages.empty:
+        push = messages["push_name"].astype("string").str.strip()
+        keep = ~messages["from_me"].astype(bool).to_numpy() & push.fillna("").ne("").to_numpy()
+        frames.append(pd.DataFrame({
             "contact_id": messages["contact_id"].to_numpy()[keep],
             "sent_at": messages["sent_at"].to_numpy()[keep],
             "external_id": messages["external_id"].to_numpy()[keep],
             "push_name": push.to_numpy()[keep],
-        }
-    )
+        }))
+    if stored is not None and not stored.empty:
+        frames.append(stored.loc[:, ["contact_id", "sent_at", "external_id", "push_name"]])
+    if not frames:
+        return {}
+    inbound = pd.concat(frames, ignore_index=True)
     latest = inbound.sort_values(["contact_id", "sent_at", "external_id"]).drop_duplicates("contact_id", keep="last")
     return dict(zip(latest["contact_id"], latest["push_name"], strict=True))
 
 
 def resolve_contacts(
-    chats: Sequence[PlannedChat], messages: pd.DataFrame, *, tenant_id: str
+    chats: Sequence[PlannedChat],
+    messages: pd.DataFrame,
+    *,
+    tenant_id: str,
+    stored_chats: Collection[str] = (),
+    stored_push_names: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Contacts of the chunk (CONTACT_COLUMNS) and the messages with `contact_id` filled.
 
-    Only contacts with at least one message in `messages` are returned (SPEC 6.3). A group's push names belong
+    Only contacts with at least one message are returned (SPEC 6.3): in `messages`, or already stored for one
+    of `stored_chats` (an incremental import must still merge and name a contact that got nothing new). A group's push names belong
     to its participants, so a group is never named after one of them. A message whose chat is not among
     `chats` is a caller bug and raises ValueError rather than producing an orphan row.
     """
@@ -84,12 +97,13 @@ def resolve_contacts(
         strays = sorted(set(out.loc[mapped.isna(), "chat_id"].astype(str)))
         raise ValueError(f"messages of chats that are not in the chunk: {strays[:5]}")
     out["contact_id"] = mapped.astype("string")
-    if out.empty:
+    with_messages = set(out["contact_id"].unique()) | {contact_of_chat[c] for c in stored_chats if c in contact_of_chat}
+    if not with_messages:
         return empty_frame(CONTACT_COLUMNS), out
 
-    push_names = _latest_push_names(out)
+    push_names = _latest_push_names(out, stored_push_names)
     rows = []
-    for cid in sorted(out["contact_id"].unique()):
+    for cid in sorted(with_messages):
         group = members[cid]
         lids = sorted(c.lid for c in group if c.lid)
         group_id = next((c.group_id for c in group if c.group_id), None)

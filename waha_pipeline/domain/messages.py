@@ -20,7 +20,7 @@ from waha_pipeline.domain.content_types import CONTENT_TYPES, content_type
 
 __all__ = ["CONTENT_TYPES", "content_type", "map_messages", "parse_timestamp", "push_name"]
 
-MESSAGE_OUT_COLUMNS: dict[str, str] = {**MESSAGE_COLUMNS, "push_name": "string"}
+MESSAGE_OUT_COLUMNS: dict[str, str] = MESSAGE_COLUMNS  # push_name is part of the contract
 _INT64_MAX = 2**63 - 1
 _ROW_FIELDS = ("chat_id", "external_id", "from_me", "sent_at", "content_type", "body", "sender_id", "push_name")
 

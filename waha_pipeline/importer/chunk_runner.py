@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 from sqlalchemy import exc as sa_exc
 
+from waha_pipeline.crm.coverage import Coverage
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.errors import ChunkError, WahaPermanentError, WahaSessionNotFound
 from waha_pipeline.importer import stages
@@ -126,7 +127,9 @@ class ChunkRunner:
         def top_up() -> None:
             while to_fetch and len(fetches) <= self.prefetch and gone is None:
                 key = to_fetch.pop(0)
-                fetches[key] = _Fetch(loop.submit(self._fetch(client, works[key])))
+                work = works[key]
+                covered = self.store.chat_coverage(work.context.channel_id, [c.chat_id for c in work.chats])
+                fetches[key] = _Fetch(loop.submit(self._fetch(client, work, covered)))
 
         for key in keys:
             top_up()
@@ -190,7 +193,7 @@ class ChunkRunner:
             resolved = self._read_resolved(plan_id, key)
         elif plan[stage] is not Action.SKIP:
             assert fetched is not None
-            resolved = stages.resolve(work, fetched)
+            resolved = stages.resolve(self.store, work, fetched)
             for name in ("contacts", "messages", "rejects"):
                 self.stage_store.write(plan_id, key, name, getattr(resolved, name))
             if plan[stage] is Action.EMIT:
@@ -235,9 +238,12 @@ class ChunkRunner:
                 "dagster/row_count": result.messages_total,
             })
 
-    async def _fetch(self, client: WahaClient, work: stages.ChunkWork) -> tuple[pd.DataFrame, WahaStats]:
+    async def _fetch(
+        self, client: WahaClient, work: stages.ChunkWork, covered: dict[str, Coverage]
+    ) -> tuple[pd.DataFrame, WahaStats]:
         """Fetch a chunk within its deadline, so no chunk can hang for minutes whatever WAHA does."""
-        fetch = client.measured(stages.fetch_messages(client, work, stages.raw_chat_list(work), self.page_size))
+        chats = stages.raw_chat_list(work)
+        fetch = client.measured(stages.fetch_messages(client, work, chats, self.page_size, covered))
         try:
             return await asyncio.wait_for(fetch, self.fetch_deadline_seconds)
         except TimeoutError:

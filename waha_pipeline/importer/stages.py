@@ -7,11 +7,13 @@ Each stage reads the previous stage's output, so a stage can be re-run from pers
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
 import pandas as pd
 
+from waha_pipeline.crm.coverage import Coverage
 from waha_pipeline.crm.store import CommitResult, CrmStore
 from waha_pipeline.domain.batch import (
     CONTACT_COLUMNS,
@@ -22,7 +24,8 @@ from waha_pipeline.domain.batch import (
     ChunkContext,
     conform,
 )
-from waha_pipeline.domain.identity import resolve_contacts
+from waha_pipeline.domain.coverage import Span, missing_ranges
+from waha_pipeline.domain.identity import chat_contact_id, resolve_contacts
 from waha_pipeline.domain.messages import map_messages
 from waha_pipeline.domain.planning import PlannedChat
 from waha_pipeline.domain.sessions import assign_sessions
@@ -90,26 +93,36 @@ def raw_chat_list(work: ChunkWork) -> pd.DataFrame:
     return conform(pd.DataFrame([dataclasses.asdict(c) for c in work.chats]), CHAT_COLUMNS)
 
 
-async def fetch_messages(client: WahaClient, work: ChunkWork, chats: pd.DataFrame, page_size: int) -> pd.DataFrame:
-    """Every message of every chat in the window, raw, one row per message as WAHA sent it."""
-    chat_ids = chats["chat_id"].tolist()
-    by_chat = await client.fetch_many(
-        work.waha_session,
-        chat_ids,
-        gte=work.context.window_start,
-        lte=work.context.window_end,
-        page_size=page_size,
-    )
+async def fetch_messages(
+    client: WahaClient, work: ChunkWork, chats: pd.DataFrame, page_size: int, covered: Mapping[str, Coverage]
+) -> pd.DataFrame:
+    """Every message of every chat in the window that the CRM does not hold yet, raw, as WAHA sent it.
+
+    Chats that need the same ranges are fetched together; a message fetched twice at a seam is deduplicated later.
+    """
+    context = work.context
+    window = (context.window_start, context.window_end)
+    by_ranges: dict[tuple[Span, ...], list[str]] = {}
+    for chat_id in chats["chat_id"].tolist():
+        known = covered.get(chat_id)
+        by_ranges.setdefault(tuple(missing_ranges(window, known.span if known else None)), []).append(chat_id)
+    fetched: dict[str, list[dict]] = {}
+    for ranges, chat_ids in by_ranges.items():
+        for gte, lte in ranges:
+            pages = await client.fetch_many(work.waha_session, chat_ids, gte=gte, lte=lte, page_size=page_size)
+            for chat_id, items in pages.items():
+                fetched.setdefault(chat_id, []).extend(items)
     ids: list[str] = []
     payloads: list[str] = []
-    for chat_id in chat_ids:
-        for raw in by_chat.get(chat_id, ()):
+    for chat_id in chats["chat_id"].tolist():
+        for raw in fetched.get(chat_id, ()):
             ids.append(chat_id)
             payloads.append(orjson.dumps(raw).decode())
     return pd.DataFrame({"chat_id": pd.array(ids, dtype="string"), "payload": pd.array(payloads, dtype="string")})
 
 
-def resolve(work: ChunkWork, fetched: pd.DataFrame) -> Resolved:
+def resolve(store: CrmStore, work: ChunkWork, fetched: pd.DataFrame) -> Resolved:
+    """Map and validate the messages and resolve contacts, knowing what the CRM already holds of these chats."""
     context = work.context
     messages, rejects, dropped = map_messages(
         fetched,
@@ -117,7 +130,15 @@ def resolve(work: ChunkWork, fetched: pd.DataFrame) -> Resolved:
         window_start=context.window_start,
         window_end=context.window_end,
     )
-    contacts, messages = resolve_contacts(work.chats, messages, tenant_id=context.tenant_id)
+    covered = store.chat_coverage(context.channel_id, [c.chat_id for c in work.chats])
+    contact_ids = {chat_contact_id(context.tenant_id, c) for c in work.chats}
+    contacts, messages = resolve_contacts(
+        work.chats,
+        messages,
+        tenant_id=context.tenant_id,
+        stored_chats={chat for chat, known in covered.items() if known.has_messages},
+        stored_push_names=store.latest_push_names(context.channel_id, contact_ids),
+    )
     return Resolved(
         contacts=conform(contacts, CONTACT_COLUMNS),
         messages=conform(messages, MESSAGE_COLUMNS),
@@ -158,5 +179,6 @@ def commit(store: CrmStore, work: ChunkWork, assigned: Assigned) -> CommitResult
         messages=conform(assigned.messages, MESSAGE_COLUMNS),
         rejects=assigned.rejects,
         chats=len(work.chats),
+        chat_ids=tuple(c.chat_id for c in work.chats),
     )
     return store.commit_chunk(batch)

@@ -77,7 +77,7 @@ def test_failed_commit_leaves_no_rows_shows_failed_and_rerun_completes(cli_env, 
     victim = latest_plan(url)["chunks"][1]
     engine = sa.create_engine(url)
     with engine.begin() as conn:
-        for table in ("messages", "sessions", "message_rejects", "contacts"):
+        for table in ("messages", "sessions", "message_rejects", "contacts", "chat_coverage"):
             conn.execute(sa.text(f"truncate {table} cascade"))
         conn.execute(sa.text(
             "create function refuse() returns trigger language plpgsql as $$ begin "
