@@ -4,6 +4,7 @@
     ├── ConfigError              bad configuration or arguments; CLI exit 2, nothing written
     ├── WahaError                anything that went wrong talking to WAHA (never carries the API key)
     │   ├── WahaTransientError   connection errors, timeouts, 408, 429, 5xx: worth retrying
+    │   │   └── WahaCircuitOpen         the server's circuit breaker is open: failed fast, nothing was sent
     │   └── WahaPermanentError   400/401/403/404, unserveable chat, bad body: retrying cannot help
     │       ├── WahaSessionNotFound     404 on the session: the channel is gone or stopped
     │       └── WahaSessionNotReady     422 "session status is not as expected" after waiting
@@ -37,6 +38,14 @@ class WahaTransientError(WahaError):
     def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.retry_after = retry_after
+
+
+class WahaCircuitOpen(WahaTransientError):
+    """Recent calls to this WAHA server mostly failed, so the call was refused without touching the network.
+
+    `retry_after` is the time until the breaker lets a probe through; retrying the whole unit of work (the chunk)
+    after that is the right reaction, retrying the single call at once is not.
+    """
 
 
 class WahaPermanentError(WahaError):

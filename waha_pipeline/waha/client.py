@@ -1,19 +1,17 @@
 """Async WAHA client: one httpx.AsyncClient per WAHA server, one method per endpoint, paging and dedup.
 
 Every request goes through `WahaClient._request`, the single place for retry, waiting for the session, counting,
-and (later) the circuit breaker and rate limiter. Knows nothing about the CRM or Dagster.
+the circuit breaker (breaker.py) and the per-server limiter (limiter.py). Knows nothing about the CRM or Dagster.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import random
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -22,6 +20,7 @@ import httpx
 import orjson
 
 from waha_pipeline.errors import (
+    WahaCircuitOpen,
     WahaPermanentError,
     WahaSessionNotFound,
     WahaSessionNotReady,
@@ -34,7 +33,12 @@ from waha_pipeline.waha.models import (
     parse_lid_mapping,
     parse_session,
 )
+from waha_pipeline.waha.breaker import BreakerPolicy, CircuitBreaker, Outcome, Permit, shared_breaker
+from waha_pipeline.waha.limiter import ServerLimiter, shared_limiter
 from waha_pipeline.waha.retry import RetryBudget, RetryPolicy, classify, parse_retry_after, retry_cause
+from waha_pipeline.waha.stats import TALLY, Counters, Recorder, WahaStats
+
+__all__ = ["KINDS", "Kind", "WahaClient", "WahaStats", "WahaTimeouts"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,56 +67,26 @@ class WahaTimeouts:
     messages_read: float = 90.0
 
     def for_kind(self, kind: Kind) -> httpx.Timeout:
-        read = {"sessions": self.sessions_read, "messages": self.messages_read}.get(kind, self.list_read)
-        return httpx.Timeout(connect=self.connect, read=read, write=self.write, pool=self.pool)
+        return httpx.Timeout(connect=self.connect, read=self._read(kind), write=self.write, pool=self.pool)
+
+    def attempt_limit(self, kind: Kind) -> float:
+        """Wall-clock bound of one attempt. httpx's read timeout is per socket read, so a server trickling bytes
+        could hold an attempt forever; this caps connect + write + read as a whole."""
+        return self.connect + self.write + self._read(kind)
+
+    def _read(self, kind: Kind) -> float:
+        return {"sessions": self.sessions_read, "messages": self.messages_read}.get(kind, self.list_read)
 
 
-@dataclass(frozen=True)
-class WahaStats:
-    """A snapshot of the client's counters; `after - before` gives one chunk's share.
-
-    requests: HTTP attempts sent (every retry and every session poll counts); by_kind splits them by endpoint.
-    retries: attempts repeated, by cause ("429", "408", "5xx", "timeout", "connect", "transport", "session").
-    wait_429_seconds: time slept because of 429 (Retry-After or backoff); backoff_seconds: all retry sleeps.
-    session_wait_seconds: time spent waiting for a session to become WORKING after a 422.
-    page_shrinks: message pages re-requested with a smaller limit after a timeout.
-    """
-
-    requests: int = 0
-    requests_by_kind: Mapping[str, int] = field(default_factory=dict)
-    retries_by_cause: Mapping[str, int] = field(default_factory=dict)
-    wait_429_seconds: float = 0.0
-    backoff_seconds: float = 0.0
-    session_wait_seconds: float = 0.0
-    page_shrinks: int = 0
-
-    @property
-    def retries(self) -> int:
-        return sum(self.retries_by_cause.values())
-
-    def __sub__(self, other: WahaStats) -> WahaStats:
-        def diff(a: Mapping[str, int], b: Mapping[str, int]) -> dict[str, int]:
-            return {k: a.get(k, 0) - b.get(k, 0) for k in sorted(set(a) | set(b)) if a.get(k, 0) != b.get(k, 0)}
-
-        return WahaStats(
-            requests=self.requests - other.requests,
-            requests_by_kind=diff(self.requests_by_kind, other.requests_by_kind),
-            retries_by_cause=diff(self.retries_by_cause, other.retries_by_cause),
-            wait_429_seconds=self.wait_429_seconds - other.wait_429_seconds,
-            backoff_seconds=self.backoff_seconds - other.backoff_seconds,
-            session_wait_seconds=self.session_wait_seconds - other.session_wait_seconds,
-            page_shrinks=self.page_shrinks - other.page_shrinks,
-        )
+T = TypeVar("T")
 
 
 @dataclass
-class _Tally:
-    requests: Counter[str] = field(default_factory=Counter)
-    retries: Counter[str] = field(default_factory=Counter)
+class _SessionPoll:
+    """One poller of a session shared by every request that got a 422 for it meanwhile."""
 
-
-_TALLY: contextvars.ContextVar[_Tally | None] = contextvars.ContextVar("waha_request_tally", default=None)
-T = TypeVar("T")
+    task: asyncio.Future[str | None]
+    waiters: int = 0
 
 
 class _PageTimeout(Exception):
@@ -125,7 +99,12 @@ class _PageTimeout(Exception):
 
 
 class WahaClient:
-    """Client of one WAHA server. Use as `async with WahaClient(url, api_key) as waha: ...`."""
+    """Client of one WAHA server. Use as `async with WahaClient(url, api_key) as waha: ...`.
+
+    `concurrency` and `rate_per_second` configure the process-wide limiter of this server (shared with every other
+    client of the same base URL, in any thread); `limiter` and `breaker` replace the shared ones (tests, or a
+    deliberately separate budget). Everything time-related reads `clock` and waits through `sleep`.
+    """
 
     def __init__(
         self,
@@ -133,8 +112,10 @@ class WahaClient:
         api_key: str | None = None,
         *,
         concurrency: int = 16,
+        rate_per_second: float | None = None,
         timeouts: WahaTimeouts | None = None,
         retry: RetryPolicy | None = None,
+        breaker_policy: BreakerPolicy | None = None,
         session_wait_timeout: float = 30.0,
         session_poll_interval: float = 1.0,
         min_page_size: int = MIN_MESSAGE_PAGE,
@@ -142,6 +123,8 @@ class WahaClient:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         transport: httpx.AsyncBaseTransport | None = None,
+        limiter: ServerLimiter | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -158,7 +141,9 @@ class WahaClient:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._clock = clock
-        self._semaphore = asyncio.Semaphore(concurrency)
+        self.limiter = limiter or shared_limiter(self.base_url, concurrency=concurrency,
+                                                 rate_per_second=rate_per_second)
+        self.breaker = breaker or shared_breaker(self.base_url, breaker_policy)
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,
@@ -169,12 +154,8 @@ class WahaClient:
             transport=transport,
             follow_redirects=False,
         )
-        self._requests: Counter[str] = Counter()
-        self._retries: Counter[str] = Counter()
-        self._wait_429 = 0.0
-        self._backoff = 0.0
-        self._session_wait = 0.0
-        self._page_shrinks = 0
+        self._stats = Recorder()
+        self._session_polls: dict[str, _SessionPoll] = {}
 
     async def __aenter__(self) -> WahaClient:
         return self
@@ -185,47 +166,27 @@ class WahaClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        for poll in self._session_polls.values():
+            poll.task.cancel()
+        self._session_polls.clear()
         await self._http.aclose()
 
     async def measured(self, work: Awaitable[T]) -> tuple[T, WahaStats]:
-        """Await `work` and return the requests and retries it made, even while other work shares the client.
-
-        The tally lives in a context variable, which the tasks `work` starts inherit.
+        """Await `work` and return the WahaStats of what it did (requests, retries, waits, breaker events,
+        latency), even while other work shares the client. The tally lives in a context variable, which the
+        tasks `work` starts inherit.
         """
-        tally = _Tally()
-        token = _TALLY.set(tally)
+        tally = Counters()
+        token = TALLY.set(tally)
         try:
             result = await work
         finally:
-            _TALLY.reset(token)
-        return result, WahaStats(
-            requests=sum(tally.requests.values()),
-            requests_by_kind=dict(tally.requests),
-            retries_by_cause=dict(tally.retries),
-        )
-
-    def _count_request(self, kind: str) -> None:
-        self._requests[kind] += 1
-        tally = _TALLY.get()
-        if tally is not None:
-            tally.requests[kind] += 1
-
-    def _count_retry(self, cause: str) -> None:
-        self._retries[cause] += 1
-        tally = _TALLY.get()
-        if tally is not None:
-            tally.retries[cause] += 1
+            TALLY.reset(token)
+        return result, tally.snapshot()
 
     def stats(self) -> WahaStats:
-        return WahaStats(
-            requests=sum(self._requests.values()),
-            requests_by_kind=dict(self._requests),
-            retries_by_cause=dict(self._retries),
-            wait_429_seconds=self._wait_429,
-            backoff_seconds=self._backoff,
-            session_wait_seconds=self._session_wait,
-            page_shrinks=self._page_shrinks,
-        )
+        """Everything this client did so far."""
+        return self._stats.total.snapshot()
 
     # -- sessions ---------------------------------------------------------------------------------------------
 
@@ -290,7 +251,7 @@ class WahaClient:
     async def fetch_many(
         self, session: str, chat_ids: Iterable[str], *, gte: int | None, lte: int, page_size: int = 500
     ) -> dict[str, list[dict[str, Any]]]:
-        """`fetch_messages` for several chats concurrently (requests bounded by the client's semaphore).
+        """`fetch_messages` for several chats concurrently (requests bounded by the server's limiter).
 
         The first failure cancels the other chats and is raised; the result is keyed in input order.
         """
@@ -334,7 +295,7 @@ class WahaClient:
                 data = await self._request(kind, "GET", path, params=params, session=session, shrink_on_timeout=can_shrink)
             except _PageTimeout:
                 limit = max(self.min_page_size, limit // 2)
-                self._page_shrinks += 1
+                self._stats.add("page_shrinks")
                 logger.info("WAHA GET %s timed out at offset %d; retrying the page with limit %d", path, offset, limit)
                 continue
             page = self._expect_list(data, "GET", path)
@@ -377,28 +338,27 @@ class WahaClient:
         """Send one logical request and return its parsed JSON body.
 
         Retries transient failures (capped in attempts and time), waits for the session on a 422 "session status
-        is not as expected" (bounded), maps the rest to the error tree. `session` marks a session-scoped path: a
-        404 there is WahaSessionNotFound. A circuit breaker and rate limiter belong here, around the send.
+        is not as expected" (bounded, one shared poller per session), maps the rest to the error tree. `session`
+        marks a session-scoped path: a 404 there is WahaSessionNotFound. Each attempt passes the circuit breaker
+        (fail fast with WahaCircuitOpen while open) and the per-server limiter.
+
+        Time bound: retry sleeps stop at `retry.max_elapsed`; each attempt is capped by `timeouts.attempt_limit`;
+        waiting for the session adds at most `session_wait_timeout`; waiting for the limiter is bounded by the
+        attempts ahead in the queue, each itself capped.
         """
         timeout = timeout or self.timeouts.for_kind(kind)
         budget = RetryBudget(self.retry, self._rng, self._clock)
         session_waited = 0.0
+        last_session_status: str | None = None
+        where = self._where(method, path, params)
         while True:
-            response: httpx.Response | None = None
-            exc: Exception | None = None
-            async with self._semaphore:
-                self._count_request(kind)
-                try:
-                    response = await self._http.request(method, path, params=params, timeout=timeout)
-                except httpx.RequestError as error:  # timeouts, refused/reset connections, protocol, decoding
-                    exc = error
+            response, exc = await self._attempt(kind, method, path, params, timeout, where)
             if response is not None and response.is_success:
                 return self._json(response, method, path, params)
 
             status = response.status_code if response is not None else None
             body = response.content if response is not None else None
             decision = classify(status, exc, body)
-            where = self._where(method, path, params)
 
             if decision == "fail":
                 message = self._message(where, status, exc, body)
@@ -409,12 +369,16 @@ class WahaClient:
             if decision == "wait_session":
                 if session is None or not wait_for_session:
                     raise WahaSessionNotReady(self._message(where, status, exc, body), status=status, method=method, path=path)
-                started = self._clock()
-                last = await self._wait_for_session(session, self.session_wait_timeout - session_waited)
-                spent = self._clock() - started
-                session_waited += spent
-                self._session_wait += spent
-                budget.started += spent  # time waiting for the session does not eat the transient-retry budget
+                remaining = self.session_wait_timeout - session_waited
+                last: str | None = last_session_status or "not WORKING"
+                if remaining > 0:
+                    started = self._clock()
+                    last = await self._await_session(session, remaining)
+                    spent = self._clock() - started
+                    session_waited += spent
+                    self._stats.add("session_wait", spent)
+                    budget.started += spent  # time waiting for the session does not eat the transient-retry budget
+                    last_session_status = last or "WORKING"
                 if last is not None:
                     raise WahaSessionNotReady(
                         f"{self._message(where, status, exc, body)}; session {session!r} still {last} after "
@@ -423,12 +387,12 @@ class WahaClient:
                         method=method,
                         path=path,
                     )
-                self._count_retry("session")
+                self._stats.retry("session")
                 continue
 
             cause = retry_cause(status, exc)
             if shrink_on_timeout and cause == "timeout":
-                self._count_retry(cause)
+                self._stats.retry(cause)
                 raise _PageTimeout()
             budget.attempts += 1
             retry_after = parse_retry_after(response.headers.get("Retry-After")) if response is not None else None
@@ -441,12 +405,76 @@ class WahaClient:
                     method=method,
                     path=path,
                 ) from exc
-            self._count_retry(cause)
+            self._stats.retry(cause)
             logger.warning("%s -> %s; retry %d in %.2fs", where, status or type(exc).__name__, budget.attempts, delay)
-            self._backoff += delay
+            self._stats.add("backoff", delay)
             if status == 429:
-                self._wait_429 += delay
+                self._stats.add("wait_429", delay)
             await self._sleep(delay)
+
+    async def _attempt(
+        self, kind: Kind, method: str, path: str, params: Mapping[str, str] | None, timeout: httpx.Timeout, where: str
+    ) -> tuple[httpx.Response | None, Exception | None]:
+        """One HTTP attempt through the breaker and the limiter: the response, or the transport error."""
+        try:
+            permit = self.breaker.allow(where)
+        except WahaCircuitOpen as error:
+            self._stats.add("breaker_rejections")
+            raise WahaCircuitOpen(self._redact(str(error)), retry_after=error.retry_after, method=method,
+                                  path=path) from None
+        response: httpx.Response | None = None
+        exc: Exception | None = None
+        recorded = False
+        try:
+            async with self.limiter.slot() as waited:
+                if waited > 0:
+                    self._stats.add("limiter_wait", waited)
+                self._stats.request(kind)
+                started = self._clock()
+                limit = self.timeouts.attempt_limit(kind)
+                try:
+                    async with asyncio.timeout(limit):
+                        response = await self._http.request(method, path, params=params, timeout=timeout)
+                except httpx.RequestError as error:  # timeouts, refused/reset connections, protocol, decoding
+                    exc = error
+                except TimeoutError:
+                    exc = httpx.ReadTimeout(f"no complete response within {limit:g}s")
+                latency = self._clock() - started
+            outcome, cause = _breaker_outcome(response, exc)
+            self._record(permit, outcome, cause)
+            recorded = True
+            if outcome == "success":
+                self._stats.latency(latency)
+        finally:
+            if not recorded:
+                self.breaker.release(permit)
+        return response, exc
+
+    def _record(self, permit: Permit, outcome: Outcome, cause: str) -> None:
+        changed = self.breaker.record(permit, outcome, cause)
+        if changed == "open":
+            self._stats.add("breaker_opened")
+        elif changed == "closed":
+            self._stats.add("breaker_closed")
+
+    async def _await_session(self, session: str, budget: float) -> str | None:
+        """Wait until the session is WORKING (None) or `budget` is spent (its last status).
+
+        Concurrent requests that hit a 422 for the same session share one poller: the first starts it, the others
+        await its result. The poll stops when every request waiting for it is gone (cancelled).
+        """
+        poll = self._session_polls.get(session)
+        if poll is None or poll.task.done():
+            poll = self._session_polls[session] = _SessionPoll(
+                asyncio.ensure_future(self._wait_for_session(session, budget))
+            )
+        poll.waiters += 1
+        try:
+            return await asyncio.shield(poll.task)
+        finally:
+            poll.waiters -= 1
+            if poll.waiters == 0 and not poll.task.done():
+                poll.task.cancel()
 
     async def _wait_for_session(self, session: str, budget: float) -> str | None:
         """Poll the session until WORKING; None when it is, else its last status once `budget` seconds are spent.
@@ -511,6 +539,17 @@ class WahaClient:
         if self._api_key and len(self._api_key) >= 4:
             text = text.replace(self._api_key, "***")
         return text
+
+
+def _breaker_outcome(response: httpx.Response | None, exc: BaseException | None) -> tuple[Outcome, str]:
+    """What an attempt says about the server's health: 2xx success; transient failures (transport errors,
+    timeouts, 408, 5xx) failure; everything else (4xx, 422, 429: the server answered on purpose) neutral."""
+    if response is not None and response.is_success:
+        return "success", ""
+    status = response.status_code if response is not None else None
+    if status != 429 and classify(status, exc) == "retry":
+        return "failure", retry_cause(status, exc)
+    return "neutral", ""
 
 
 def _route_missing(body: bytes | None) -> bool:

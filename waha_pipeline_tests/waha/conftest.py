@@ -13,9 +13,12 @@ import httpx
 import orjson
 import pytest
 
+from waha_pipeline.waha.breaker import CircuitBreaker
 from waha_pipeline.waha.client import WahaClient
+from waha_pipeline.waha.limiter import ServerLimiter
 from waha_pipeline.waha.retry import RetryPolicy
 
+BASE_URL = "http://waha.test"
 SECRET = "sk-test-0123456789abcdef"  # the API key; must never appear in an error message
 
 
@@ -87,7 +90,11 @@ def fake_time() -> FakeTime:
 
 @pytest.fixture
 def make_client(fake_time: FakeTime) -> Iterator[Callable[..., WahaClient]]:
-    """`make_client(handler, **overrides)`: a WahaClient on an httpx.MockTransport with fake time, key SECRET."""
+    """`make_client(handler, **overrides)`: a WahaClient on an httpx.MockTransport with fake time, key SECRET.
+
+    Each client gets its own breaker and limiter on fake time (the process-wide ones would carry state from one
+    test to the next).
+    """
 
     def build(handler: Callable[[httpx.Request], Any], **kw: Any) -> WahaClient:
         options: dict[str, Any] = {
@@ -96,8 +103,12 @@ def make_client(fake_time: FakeTime) -> Iterator[Callable[..., WahaClient]]:
             "clock": fake_time.clock,
             "rng": random.Random(7),
             "retry": RetryPolicy(),
+            "breaker": CircuitBreaker(BASE_URL, kw.pop("breaker_policy", None), clock=fake_time.clock),
+            "limiter": ServerLimiter(BASE_URL, concurrency=kw.get("concurrency", 16),
+                                     rate_per_second=kw.pop("rate_per_second", None),
+                                     clock=fake_time.clock, sleep=fake_time.sleep),
         }
         options.update(kw)
-        return WahaClient("http://waha.test", transport=httpx.MockTransport(handler), **options)
+        return WahaClient(BASE_URL, transport=httpx.MockTransport(handler), **options)
 
     yield build

@@ -3,7 +3,6 @@ short pages (hidden reactions) and duplicated ids, inclusive bounds, the lid map
 sessions, honest request counts, and that the API key never leaks into an error.
 
 Expectations come from the simulator's own dataset builder (same spec and anchor), never from client code.
-Skipped only when the simulator server module cannot be imported yet.
 """
 
 from __future__ import annotations
@@ -15,21 +14,17 @@ from typing import Any
 
 import pytest
 
-try:
-    from waha_pipeline.simulator.dataset import (
-        DIRECT_OBJ,
-        LID_UNKNOWN,
-        ONE_TO_ONE_KINDS,
-        DatasetSpec,
-        SimChat,
-        SimSession,
-        build_dataset,
-    )
-    from waha_pipeline.simulator.server import run_in_thread
-except ImportError as error:  # the simulator is written concurrently; see the module docstring
-    pytest.skip(f"simulator not importable: {error}", allow_module_level=True)
-
 from waha_pipeline.errors import WahaPermanentError, WahaSessionNotFound, WahaSessionNotReady
+from waha_pipeline.simulator.dataset import (
+    DIRECT_OBJ,
+    LID_UNKNOWN,
+    ONE_TO_ONE_KINDS,
+    DatasetSpec,
+    SimChat,
+    SimSession,
+    build_dataset,
+)
+from waha_pipeline.simulator.server import run_in_thread
 from waha_pipeline.waha.client import WahaClient
 from waha_pipeline.waha.models import chat_id_of, message_id_of
 
