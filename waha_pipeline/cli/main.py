@@ -15,6 +15,7 @@ from typing import NoReturn
 
 from waha_pipeline.errors import ConfigError, PipelineError, WahaSessionNotFound
 from waha_pipeline.settings import Settings
+from waha_pipeline.simulator.faults import add_fault_arguments, faults_from_args
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--messages", type=_int_in("--messages", 1), default=5700)
     p.add_argument("--session", action="append", default=None, help="WAHA session name (repeatable)")
     p.add_argument("--api-key", default=None, help="require this X-Api-Key (default: WAHA_API_KEY if set)")
+    add_fault_arguments(p)
 
     sub.add_parser("demo", help="simulate a seed-sized channel and import it into the embedded defaults")
     return parser
@@ -101,7 +103,11 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 
     sessions = tuple(SessionSpec(name=name) for name in args.session or ["demo"])
     spec = DatasetSpec(seed=args.seed, chats=args.chats, target_messages=args.messages, sessions=sessions)
-    serve_forever(spec, port=args.port, api_key=args.api_key or settings.waha_api_key)
+    try:
+        faults = faults_from_args(args)
+    except ValueError as exc:
+        raise ConfigError(f"simulate: {exc}") from None
+    serve_forever(spec, port=args.port, api_key=args.api_key or settings.waha_api_key, faults=faults)
     return EXIT_OK
 
 
