@@ -132,7 +132,13 @@ class WahaClient:
         if api_key:
             headers["X-Api-Key"] = api_key
         self._api_key = api_key or None
-        self.base_url = base_url.rstrip("/")
+        url = httpx.URL(base_url)
+        auth: httpx.Auth | None = None
+        self._secrets = [s for s in (api_key, url.password) if s and len(s) >= 4]
+        if url.userinfo:  # basic auth of a proxy: sent as a header, kept out of the URL that httpx logs
+            auth = httpx.BasicAuth(url.username, url.password)
+            url = url.copy_with(username=None, password=None)
+        self.base_url = str(url).rstrip("/")
         self.timeouts = timeouts or WahaTimeouts()
         self.retry = retry or RetryPolicy()
         self.session_wait_timeout = session_wait_timeout
@@ -152,6 +158,7 @@ class WahaClient:
                 max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=30.0
             ),
             transport=transport,
+            auth=auth,
             follow_redirects=False,
         )
         self._stats = Recorder()
@@ -394,6 +401,8 @@ class WahaClient:
             if shrink_on_timeout and cause == "timeout":
                 self._stats.retry(cause)
                 raise _PageTimeout()
+            if self.breaker.state == "open":  # this failure (or another request's) opened it: do not sleep first
+                self.breaker.release(self._allow(where, method, path))  # raises WahaCircuitOpen
             budget.attempts += 1
             retry_after = parse_retry_after(response.headers.get("Retry-After")) if response is not None else None
             delay = budget.next_delay(retry_after)
@@ -416,12 +425,7 @@ class WahaClient:
         self, kind: Kind, method: str, path: str, params: Mapping[str, str] | None, timeout: httpx.Timeout, where: str
     ) -> tuple[httpx.Response | None, Exception | None]:
         """One HTTP attempt through the breaker and the limiter: the response, or the transport error."""
-        try:
-            permit = self.breaker.allow(where)
-        except WahaCircuitOpen as error:
-            self._stats.add("breaker_rejections")
-            raise WahaCircuitOpen(self._redact(str(error)), retry_after=error.retry_after, method=method,
-                                  path=path) from None
+        permit = self._allow(where, method, path)
         response: httpx.Response | None = None
         exc: Exception | None = None
         recorded = False
@@ -449,6 +453,14 @@ class WahaClient:
             if not recorded:
                 self.breaker.release(permit)
         return response, exc
+
+    def _allow(self, where: str, method: str, path: str) -> Permit:
+        try:
+            return self.breaker.allow(where)
+        except WahaCircuitOpen as error:
+            self._stats.add("breaker_rejections")
+            raise WahaCircuitOpen(self._redact(str(error)), retry_after=error.retry_after, method=method,
+                                  path=path) from None
 
     def _record(self, permit: Permit, outcome: Outcome, cause: str) -> None:
         changed = self.breaker.record(permit, outcome, cause)
@@ -536,8 +548,8 @@ class WahaClient:
         return self._redact(text)
 
     def _redact(self, text: str) -> str:
-        if self._api_key and len(self._api_key) >= 4:
-            text = text.replace(self._api_key, "***")
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
         return text
 
 
