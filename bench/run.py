@@ -414,6 +414,7 @@ def wait_stats_flushed(name: str, seconds: float = 2.0) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- import
+PROFILE_DIR: Path | None = None  # --profile: wrap the import in `py-spy record` (dev aid; perturbs the figures)
 WAIT_IDLE_S = 0.0  # --wait-idle: wait up to this long for the machine to be quiet before each import
 
 
@@ -442,6 +443,11 @@ def run_import(sc: Scenario, sim: Simulator, db: str, home: Path, log_path: Path
         if k in os.environ:
             env[k] = os.environ[k]
     cmd = [WAHA, "import", CHANNEL, "--days", str(sc.days)]
+    profile = None
+    if PROFILE_DIR is not None:
+        profile = PROFILE_DIR / f"{log_path.stem}.collapsed.txt"
+        cmd = [shutil.which("py-spy") or str(VENV_BIN / "py-spy"), "record", "--format", "raw", "--rate", "50",
+               "--nonblocking", "-o", str(profile), "--"] + cmd
     idle = wait_idle(WAIT_IDLE_S) if WAIT_IDLE_S > 0 else None
     pg = PgCpuMonitor(db)
     pg.start()
@@ -495,6 +501,7 @@ def run_import(sc: Scenario, sim: Simulator, db: str, home: Path, log_path: Path
         "cpu_sim_s": round(sim_cpu1 - sim_cpu0, 3),
         "cpu_pg": pg_cpu,
         "wait_idle": idle,
+        "profile": str(profile) if profile else None,
         "loadavg_before_after": [load0, Path("/proc/loadavg").read_text().split()[:3]],
         # whole-machine CPU during the import: what the benchmark's processes used, and the rest (other work on
         # the box competing for the same cores; includes this harness's sampling, a few ms)
@@ -821,10 +828,16 @@ def main(argv: list[str] | None = None) -> int:
                          "tree, which others may be editing")
     ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                     help="before each import, wait up to S seconds for the machine to be quiet (<25%% busy for 3 s)")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="wrap each import in `py-spy record` (if installed) writing collapsed stacks to DIR; "
+                         "the figures then include py-spy's overhead")
     ap.add_argument("--out", default=None, help="JSON output path (default bench/results/<timestamp>.json)")
     args = ap.parse_args(argv)
-    global WAIT_IDLE_S
+    global WAIT_IDLE_S, PROFILE_DIR
     WAIT_IDLE_S = args.wait_idle
+    if args.profile:
+        PROFILE_DIR = Path(args.profile).resolve()
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
     sizes = [int(x) for x in args.growth_sizes.split(",")] if args.growth_sizes else None
     scenarios = build_scenarios(args.scenarios, args.quick, sizes)
     RESULTS.mkdir(parents=True, exist_ok=True)
