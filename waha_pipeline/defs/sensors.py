@@ -25,6 +25,7 @@ import dagster as dg
 
 from waha_pipeline.crm.records import ChunkRecord
 from waha_pipeline.defs.assets import MAX_CHUNKS_PER_RUN
+from waha_pipeline.defs.jobs import channel_plan_job, chunk_import_job
 from waha_pipeline.defs.launch import RANGE_END, RANGE_START, contiguous_ranges
 from waha_pipeline.defs.partitions import channel_partitions, chunk_partitions
 from waha_pipeline.defs.resources import CrmResource, WahaResource
@@ -85,6 +86,7 @@ class TickOutcome:
 
 @dg.sensor(
     name="waha_session_sensor",
+    jobs=[channel_plan_job, chunk_import_job],
     minimum_interval_seconds=SENSOR_INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Imports WAHA sessions that reach WORKING: plans the channel, then launches its chunks as ranged runs.",
@@ -158,7 +160,7 @@ def _advance(
     outcome.run_requests.append(
         dg.RunRequest(
             run_key=f"plan:{state.slug}:{state.attempt}",
-            job_name="channel_plan_job",
+            job_name=channel_plan_job.name,
             partition_key=state.slug,
             tags={**run_tags(state.slug, server, 0), REQUEST_TAG: state.request},
         )
@@ -166,7 +168,7 @@ def _advance(
 
 
 def _after_planning(instance: dg.DagsterInstance, state: SessionState, server: str, outcome: TickOutcome) -> None:
-    runs = _runs(instance, state.request, "channel_plan_job")
+    runs = _runs(instance, state.request, channel_plan_job.name)
     succeeded = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
     if not succeeded:
         if runs and all(_over(r) for r in runs):
@@ -184,7 +186,7 @@ def _after_planning(instance: dg.DagsterInstance, state: SessionState, server: s
         outcome.run_requests.append(
             dg.RunRequest(
                 run_key=f"chunks:{plan_id}:{keys[0]}",
-                job_name="chunk_import_job",
+                job_name=chunk_import_job.name,
                 tags={
                     **run_tags(state.slug, server, len(keys)),
                     REQUEST_TAG: state.request,
@@ -207,7 +209,7 @@ def _after_importing(instance: dg.DagsterInstance, crm: CrmResource, state: Sess
     if summary["pending"] == 0 and summary["failed"] == 0:
         state.phase = DONE
         return
-    runs = _runs(instance, state.request, "chunk_import_job")
+    runs = _runs(instance, state.request, chunk_import_job.name)
     if runs and all(_over(r) for r in runs):
         state.phase = FAILED
         outcome.notes.append(f"{state.slug}: {summary['failed'] + summary['pending']} chunk(s) not committed")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.definitions.sensor_definition import SensorExecutionData
 
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.definitions import build_definitions
@@ -64,17 +65,17 @@ def world(sim, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     store.dispose()
 
 
-def tick(world: dict) -> dg.SensorResult | dg.SkipReason:
-    """One sensor evaluation; partition requests are applied the way the daemon applies them."""
+def tick(world: dict) -> SensorExecutionData:
+    """One sensor evaluation as the daemon's code server does it (evaluate_tick validates the run requests);
+    partition requests are applied the way the daemon applies them."""
     instance: dg.DagsterInstance = world["instance"]
-    with dg.build_sensor_context(instance=instance, cursor=world["cursor"], definitions=world["defs"],
-                                 resources=world["resources"]) as context:
-        result = waha_session_sensor(context)
-    if isinstance(result, dg.SensorResult):
-        for request in result.dynamic_partitions_requests or []:
-            instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-        if result.cursor is not None:
-            world["cursor"] = result.cursor
+    with dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=world["cursor"],
+                                 definitions=world["defs"], resources=world["resources"]) as context:
+        result = waha_session_sensor.evaluate_tick(context)
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    if result.cursor is not None:
+        world["cursor"] = result.cursor
     return result
 
 
@@ -84,8 +85,12 @@ def launch(world: dict, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
                                   tags=request.tags, raise_on_error=False)
 
 
-def runs_of(result: dg.SensorResult | dg.SkipReason) -> list[dg.RunRequest]:
-    return list(result.run_requests or []) if isinstance(result, dg.SensorResult) else []
+def runs_of(result: SensorExecutionData) -> list[dg.RunRequest]:
+    return list(result.run_requests or [])
+
+
+def skipped(result: SensorExecutionData) -> bool:
+    return not result.run_requests and not result.asset_events and bool(result.skip_message)
 
 
 def phases(world: dict) -> dict[str, str | None]:
@@ -121,7 +126,7 @@ def test_working_session_is_planned_then_its_chunks_run_in_ranges(world: dict) -
     assert channel is not None and channel.tenant_id == "default"
 
     # the plan run has not happened yet: nothing new
-    assert isinstance(tick(world), dg.SkipReason)
+    assert skipped(tick(world))
     assert launch(world, plan_request).success
 
     second = tick(world)
@@ -147,7 +152,7 @@ def test_working_session_is_planned_then_its_chunks_run_in_ranges(world: dict) -
     done = tick(world)
     assert runs_of(done) == [] and done.asset_events[0].metadata["chunks_committed"].value == len(keys)
     assert phases(world)["demo"] == "done"
-    assert isinstance(tick(world), dg.SkipReason)
+    assert skipped(tick(world))
 
     # a reconnect after a successful import imports nothing
     world["sim"].set_status("demo", "STOPPED")
