@@ -398,6 +398,46 @@ def crm_snapshot(name: str) -> dict:
     return out
 
 
+SNAP_SCHEMA = "bench_snap"
+
+
+def copy_crm_tables(name: str) -> None:
+    """Copy the CRM tables into schema bench_snap (outside the timed window) so that changed rows can be shown."""
+    with psycopg.connect(db_url(name), autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {SNAP_SCHEMA} CASCADE")
+        conn.execute(f"CREATE SCHEMA {SNAP_SCHEMA}")
+        for table in CRM_TABLES:
+            conn.execute(f'CREATE TABLE {SNAP_SCHEMA}."{table}" AS TABLE public."{table}"')
+
+
+def changed_rows(name: str, tables: list[str], limit: int = 5) -> dict:
+    """Rows that differ between bench_snap.<t> and public.<t> (volatile columns excluded): count, the columns
+    that differ, and a few examples (before / after)."""
+    out: dict = {}
+    with psycopg.connect(db_url(name)) as conn:
+        for table in tables:
+            cols = [r[0] for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'public' "
+                "AND table_name = %s ORDER BY ordinal_position", (table,))]
+            kept = [c for c in cols if c not in VOLATILE_COLUMNS and c != "id"]
+            diff_where = " OR ".join(f'b."{c}" IS DISTINCT FROM a."{c}"' for c in kept)
+            base = (f'FROM {SNAP_SCHEMA}."{table}" b FULL JOIN public."{table}" a ON a.id = b.id '
+                    f"WHERE a.id IS NULL OR b.id IS NULL OR {diff_where}")
+            count = conn.execute(f"SELECT count(*) {base}").fetchone()[0]
+            col_counts = {c: n for c, n in zip(kept, conn.execute(
+                "SELECT " + ", ".join(f'count(*) FILTER (WHERE b."{c}" IS DISTINCT FROM a."{c}")' for c in kept)
+                + f" {base}").fetchone()) if n}
+            examples = conn.execute(
+                f"SELECT row_to_json(b)::text, row_to_json(a)::text {base} LIMIT {limit}").fetchall()
+            out[table] = {"rows": count, "columns": col_counts,
+                          "examples": [{"before": json.loads(x) if x else None, "after": json.loads(y) if y else None}
+                                       for x, y in examples]}
+        plans = conn.execute("SELECT plan_time, window_start, window_end, session_timeout_minutes FROM import_plans "
+                             "ORDER BY plan_time").fetchall()
+        out["plans"] = [[str(v) for v in p] for p in plans]
+    return out
+
+
 def snapshot_diff(before: dict, after: dict) -> dict:
     diff = {}
     for table, a in after.items():
@@ -644,6 +684,7 @@ def run_scenario(sc: Scenario, workdir: Path, keep_db: bool) -> list[dict]:
         _progress(rows[-1])
         if sc.rerun and first["exit_code"] == 0:
             time.sleep(1.5)  # let the first import's backends flush their table stats
+            copy_crm_tables(db)
             before = crm_snapshot(db)
             again = measure(sc, sim, db, home, workdir, f"{sc.name}-rerun",
                             set(first.get("dagster", {}).get("run_ids", [])))
@@ -658,6 +699,14 @@ def run_scenario(sc: Scenario, workdir: Path, keep_db: bool) -> list[dict]:
             again["rows_changed_total"] = sum(again["rows_changed"].values())
             again["content_unchanged"] = all(d["same_content"] for d in crm_changes.values())
             again["table_diff"] = diff
+            changed = [t for t, d in crm_changes.items() if not d["same_content"] or d["inserted"] + d["updated"]
+                       + d["deleted"]]
+            if changed:
+                again["changed_rows"] = changed_rows(db, changed)
+                for t in changed:
+                    c = again["changed_rows"][t]
+                    print(f"   {t}: {c['rows']} row(s) differ, columns {c['columns']}; e.g. {c['examples'][:1]}",
+                          flush=True)
             rows.append({**base, **again, "scenario": f"{sc.name}-rerun"})
             _progress(rows[-1])
     except Exception as exc:  # noqa: BLE001 - report the scenario as failed and move on
