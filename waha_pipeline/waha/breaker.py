@@ -31,14 +31,16 @@ class BreakerPolicy:
     80% rather than 50%: with a WAHA failing 30% of calls at random (which retries absorb), a 20-call window holds
     >= 10 failures ~5% of the time, so a 50% breaker would trip again and again on a server that works; >= 16 of 20
     has odds ~5e-6. A dead server (refused connections, 503 to everything) still trips after 10 calls.
-    A failed probe doubles the cool-down, up to `max_cool_down`.
+    A failed probe doubles the cool-down, up to `max_cool_down` (30 s: a WAHA restart takes tens of seconds, and
+    a chunk retried after `WahaCircuitOpen.retry_after` should find it probing, not still open for minutes).
     """
 
     window: int = 20
     min_calls: int = 10
     failure_ratio: float = 0.8
     cool_down: float = 5.0
-    max_cool_down: float = 60.0
+    max_cool_down: float = 30.0
+    probe_timeout: float = 120.0  # a probe out longer than this is presumed lost (its event loop died): probe again
 
     def __post_init__(self) -> None:
         if not (1 <= self.min_calls <= self.window) or not (0 < self.failure_ratio <= 1):
@@ -68,6 +70,9 @@ class CircuitBreaker:
     Only transient failures (connection errors, timeouts, 408, 5xx) count as failures; 2xx counts as success;
     4xx answers and 429 are neutral (the server is alive and answering) and stay out of the window, except that a
     half-open probe that gets any answer other than a failure closes the breaker.
+
+    Half-open issues exactly one probe permit; `allow()` refuses everyone else. (WahaClient makes those callers
+    wait, bounded, for the probe's verdict via `probing`, instead of failing the chunk that carries the probe.)
     """
 
     def __init__(self, base_url: str, policy: BreakerPolicy | None = None, *,
@@ -82,6 +87,7 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._cool_down = self.policy.cool_down
         self._probe_out = False
+        self._probe_since = 0.0
         self._tripped = (0, 0, "")  # failures, calls, last cause when it last opened
         self.transitions: Counter[str] = Counter()  # "closed->open", "open->half_open", "half_open->closed", ...
         self.rejections = 0
@@ -96,6 +102,14 @@ class CircuitBreaker:
             return self._state
 
     @property
+    def probing(self) -> bool:
+        """Half-open with a probe in flight: its verdict (closed or open again) is coming."""
+        with self._lock:
+            self._refresh()
+            return (self._state == "half_open" and self._probe_out
+                    and self._clock() - self._probe_since <= self.policy.probe_timeout)
+
+    @property
     def opened(self) -> int:
         return self.transitions["closed->open"] + self.transitions["half_open->open"]
 
@@ -107,14 +121,20 @@ class CircuitBreaker:
             self._refresh()
             if self._state == "closed":
                 return Permit(False, self._generation)
-            if self._state == "half_open" and not self._probe_out:
+            if self._state == "half_open" and (
+                not self._probe_out or self._clock() - self._probe_since > self.policy.probe_timeout
+            ):
+                if self._probe_out:
+                    logger.warning("WAHA at %s: probe call lost (no outcome after %.0f s); sending another",
+                                   self.label, self._clock() - self._probe_since)
                 self._probe_out = True
+                self._probe_since = self._clock()
                 return Permit(True, self._generation)
             self.rejections += 1
             failures, calls, cause = self._tripped
             remaining = max(0.0, self._open_until - self._clock())
             if self._state == "open":
-                why = f"circuit open for {math.ceil(remaining)} s"
+                why = f"circuit open for {math.ceil(remaining - 1e-3)} s"
             else:
                 why = "circuit half-open, a probe call is in flight"
             message = (f"WAHA at {self.label} is failing: {why} after {failures} of the last {calls} calls failed"

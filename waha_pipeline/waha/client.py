@@ -47,6 +47,7 @@ KINDS: tuple[Kind, ...] = ("sessions", "chats", "messages", "lids")
 
 BODY_SNIPPET = 200
 MIN_MESSAGE_PAGE = 50
+PROBE_POLL_SECONDS = 0.05  # how often a request waiting for a half-open probe's verdict looks again
 STALE_PAGES_LIMIT = 3  # consecutive non-empty pages without a new item: the server ignores `offset`
 
 
@@ -401,8 +402,6 @@ class WahaClient:
             if shrink_on_timeout and cause == "timeout":
                 self._stats.retry(cause)
                 raise _PageTimeout()
-            if self.breaker.state == "open":  # this failure (or another request's) opened it: do not sleep first
-                self.breaker.release(self._allow(where, method, path))  # raises WahaCircuitOpen
             budget.attempts += 1
             retry_after = parse_retry_after(response.headers.get("Retry-After")) if response is not None else None
             delay = budget.next_delay(retry_after)
@@ -414,6 +413,8 @@ class WahaClient:
                     method=method,
                     path=path,
                 ) from exc
+            if self.breaker.state == "open":  # this failure (or another request's) opened it: do not sleep first
+                self.breaker.release(await self._allow(where, method, path))  # raises WahaCircuitOpen
             self._stats.retry(cause)
             logger.warning("%s -> %s; retry %d in %.2fs", where, status or type(exc).__name__, budget.attempts, delay)
             self._stats.add("backoff", delay)
@@ -424,8 +425,24 @@ class WahaClient:
     async def _attempt(
         self, kind: Kind, method: str, path: str, params: Mapping[str, str] | None, timeout: httpx.Timeout, where: str
     ) -> tuple[httpx.Response | None, Exception | None]:
-        """One HTTP attempt through the breaker and the limiter: the response, or the transport error."""
-        permit = self._allow(where, method, path)
+        """One HTTP attempt through the breaker and the limiter: the response, or the transport error.
+
+        A half-open breaker's probe runs shielded: when its caller is cancelled (typically because sibling requests
+        of the same fetch_many were refused meanwhile), the probe still completes and records its outcome, so the
+        breaker can close instead of probing and being cancelled forever.
+        """
+        permit = await self._allow(where, method, path, wait=self.timeouts.attempt_limit(kind))
+        send = self._send(permit, kind, method, path, params, timeout)
+        if not permit.probe:
+            return await send
+        probe = asyncio.ensure_future(send)
+        probe.add_done_callback(_retrieve)
+        return await asyncio.shield(probe)
+
+    async def _send(
+        self, permit: Permit, kind: Kind, method: str, path: str, params: Mapping[str, str] | None,
+        timeout: httpx.Timeout,
+    ) -> tuple[httpx.Response | None, Exception | None]:
         response: httpx.Response | None = None
         exc: Exception | None = None
         recorded = False
@@ -454,13 +471,21 @@ class WahaClient:
                 self.breaker.release(permit)
         return response, exc
 
-    def _allow(self, where: str, method: str, path: str) -> Permit:
-        try:
-            return self.breaker.allow(where)
-        except WahaCircuitOpen as error:
-            self._stats.add("breaker_rejections")
-            raise WahaCircuitOpen(self._redact(str(error)), retry_after=error.retry_after, method=method,
-                                  path=path) from None
+    async def _allow(self, where: str, method: str, path: str, wait: float = 0.0) -> Permit:
+        """A breaker permit. While a half-open probe is in flight, wait up to `wait` seconds for its verdict
+        instead of failing at once: the probe alone touches WAHA, and when it succeeds the waiting requests go on
+        (otherwise the chunk that carries the probe would fail with its siblings on every recovery)."""
+        deadline = self._clock() + wait
+        while True:
+            try:
+                return self.breaker.allow(where)
+            except WahaCircuitOpen as error:
+                if self.breaker.probing and self._clock() < deadline:
+                    await self._sleep(min(PROBE_POLL_SECONDS, max(0.0, deadline - self._clock())))
+                    continue
+                self._stats.add("breaker_rejections")
+                raise WahaCircuitOpen(self._redact(str(error)), retry_after=error.retry_after, method=method,
+                                      path=path) from None
 
     def _record(self, permit: Permit, outcome: Outcome, cause: str) -> None:
         changed = self.breaker.record(permit, outcome, cause)
@@ -551,6 +576,12 @@ class WahaClient:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a shielded probe's exception as seen: its caller may be gone (cancelled) and cannot read it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _breaker_outcome(response: httpx.Response | None, exc: BaseException | None) -> tuple[Outcome, str]:

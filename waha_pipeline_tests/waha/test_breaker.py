@@ -102,6 +102,21 @@ def test_cancelled_probe_frees_the_half_open_slot() -> None:
     assert breaker.allow().probe  # another call may probe now
 
 
+def test_a_lost_probe_is_replaced_after_the_probe_timeout() -> None:
+    """A probe whose event loop died never reports; without a lease the breaker would stay half-open forever."""
+    clock = Clock()
+    breaker = CircuitBreaker("http://waha:3000", BreakerPolicy(min_calls=1, window=1, probe_timeout=30.0), clock=clock)
+    run(breaker, clock, "fail +5")
+    assert breaker.allow().probe
+    clock.now += 29.0
+    with pytest.raises(WahaCircuitOpen):
+        breaker.allow()
+    clock.now += 2.0
+    second = breaker.allow()
+    assert second.probe
+    assert breaker.record(second, "success") == "closed"
+
+
 def test_outcomes_of_calls_started_before_the_breaker_opened_are_ignored() -> None:
     clock = Clock()
     breaker = CircuitBreaker("http://waha:3000", POLICY, clock=clock)

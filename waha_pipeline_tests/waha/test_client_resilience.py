@@ -81,9 +81,12 @@ async def test_after_cool_down_one_probe_closes_the_breaker(
     assert stats.breaker_opened == 1 and stats.breaker_closed == 1 and len(script.requests) == 12
 
 
-async def test_concurrent_calls_in_half_open_send_a_single_probe(
-    make_client: Callable[..., WahaClient], fake_time: FakeTime
+@pytest.mark.parametrize("probe_status", [200, 503], ids=["probe-ok", "probe-fails"])
+async def test_half_open_sends_a_single_probe_and_the_others_await_its_verdict(
+    make_client: Callable[..., WahaClient], fake_time: FakeTime, probe_status: int
 ) -> None:
+    """Only the probe reaches WAHA; concurrent calls wait for its verdict (polling with real, short sleeps here):
+    they go on when it closes the breaker and are refused without a request when it re-opens it."""
     sent: list[str] = []
     gate = asyncio.Event()
 
@@ -91,7 +94,42 @@ async def test_concurrent_calls_in_half_open_send_a_single_probe(
         sent.append(request.url.path)
         if len(sent) <= 10:
             return httpx.Response(503)
-        await gate.wait()
+        if len(sent) == 11:
+            await gate.wait()
+            return httpx.Response(probe_status, json=[])
+        return httpx.Response(200, json=[])
+
+    async with make_client(handler, retry=RetryPolicy(max_attempts=1), sleep=asyncio.sleep, clock=time.monotonic) as waha:
+        for _ in range(10):
+            with pytest.raises(WahaTransientError):
+                await waha.get_session("default")
+        fake_time.now += 5.0  # the breaker runs on fake time, the client's polling on real time
+        calls = [asyncio.ensure_future(waha.list_chats("default")) for _ in range(5)]
+        await asyncio.sleep(0.15)
+        assert len(sent) == 11 and not any(c.done() for c in calls), "one probe in flight, the rest waiting"
+        gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=5)
+        stats = waha.stats()
+    if probe_status == 200:
+        assert results == [[]] * 5 and len(sent) == 15 and waha.breaker.state == "closed"
+    else:
+        assert len(sent) == 11 and waha.breaker.state == "open"
+        assert sum(isinstance(r, WahaCircuitOpen) for r in results) == 4 and stats.breaker_rejections == 4
+        assert sum(type(r) is WahaTransientError and "HTTP 503" in str(r) for r in results) == 1  # the probe
+
+
+async def test_a_probe_cancelled_by_its_caller_still_completes_and_closes_the_breaker(
+    make_client: Callable[..., WahaClient], fake_time: FakeTime
+) -> None:
+    """fetch_many cancels its other chats when one is refused; the probe among them must still report, or every
+    retry of the chunk would probe, be cancelled, and find the breaker half-open again (a livelock)."""
+    sent: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        if len(sent) <= 10:
+            return httpx.Response(503)
+        await asyncio.sleep(0.01)  # the probe is still in flight when its siblings are refused
         return httpx.Response(200, json=[])
 
     async with make_client(handler, retry=RetryPolicy(max_attempts=1)) as waha:
@@ -99,13 +137,14 @@ async def test_concurrent_calls_in_half_open_send_a_single_probe(
             with pytest.raises(WahaTransientError):
                 await waha.get_session("default")
         fake_time.now += 5.0
-        calls = [asyncio.ensure_future(waha.list_chats("default")) for _ in range(5)]
-        await asyncio.sleep(0.01)
-        gate.set()
-        results = await asyncio.gather(*calls, return_exceptions=True)
-    assert len(sent) == 11  # 10 failures, then the probe (an empty first page ends list_chats)
-    assert sum(r == [] for r in results) == 1
-    assert all(isinstance(r, WahaCircuitOpen) and "probe call is in flight" in str(r) for r in results if r != [])
+        with pytest.raises(WahaCircuitOpen, match="probe call is in flight"):
+            await waha.fetch_many("default", [f"{n}@c.us" for n in range(5)], gte=None, lte=1)
+        for _ in range(100):
+            if waha.breaker.state == "closed":
+                break
+            await asyncio.sleep(0.005)
+        assert waha.breaker.state == "closed", "the cancelled probe's success must close the breaker"
+        assert await waha.fetch_many("default", ["1@c.us", "2@c.us"], gte=None, lte=1) == {"1@c.us": [], "2@c.us": []}
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 429], ids=str)
