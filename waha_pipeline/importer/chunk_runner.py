@@ -134,10 +134,13 @@ class ChunkRunner:
         for key in keys:
             top_up()
             work, plan = works[key], actions[key]
+            committing = plan["committed_rows"] is Action.EMIT
             if gone is not None and key not in fetches and plan["fetched_messages"] is not Action.LOAD:
+                if committing:  # failed fast: WAHA is not asked again once it said the channel is gone
+                    self.store.mark_chunk_started(work.context.plan_id, key)
+                    self.store.mark_chunk_failed(work.context.plan_id, key, gone)
                 yield ChunkFailed(key, "fetched_messages", gone, permanent=True)
                 continue
-            committing = plan["committed_rows"] is Action.EMIT
             if committing:
                 self.store.mark_chunk_started(work.context.plan_id, key)
             progress = [STAGES[0]]  # the stage in progress, kept up to date by _stages
