@@ -7,6 +7,7 @@ the circuit breaker (breaker.py) and the per-server limiter (limiter.py). Knows 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
 import time
@@ -46,6 +47,7 @@ Kind = Literal["sessions", "chats", "messages", "lids"]
 KINDS: tuple[Kind, ...] = ("sessions", "chats", "messages", "lids")
 
 BODY_SNIPPET = 200
+POOL_CONNECTIONS = 8  # connections per httpx pool; see WahaClient.__init__
 MIN_MESSAGE_PAGE = 50
 PROBE_POLL_SECONDS = 0.05  # how often a request waiting for a half-open probe's verdict looks again
 STALE_PAGES_LIMIT = 3  # consecutive non-empty pages without a new item: the server ignores `offset`
@@ -151,17 +153,23 @@ class WahaClient:
         self.limiter = limiter or shared_limiter(self.base_url, concurrency=concurrency,
                                                  rate_per_second=rate_per_second)
         self.breaker = breaker or shared_breaker(self.base_url, breaker_policy)
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=self.timeouts.for_kind("sessions"),
-            limits=httpx.Limits(
-                max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=30.0
-            ),
-            transport=transport,
-            auth=auth,
-            follow_redirects=False,
-        )
+        # httpcore scans every connection of its pool on each request (idle/expiry checks, a syscall each), so one
+        # pool of N connections costs O(N) per request; small pools taken in turn keep that cost flat.
+        pools = max(1, -(-concurrency // POOL_CONNECTIONS))
+        per_pool = -(-concurrency // pools)
+        self._pools = [
+            httpx.AsyncClient(
+                base_url=self.base_url,
+                headers=headers,
+                timeout=self.timeouts.for_kind("sessions"),
+                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool, keepalive_expiry=30.0),
+                transport=transport,
+                auth=auth,
+                follow_redirects=False,
+            )
+            for _ in range(pools)
+        ]
+        self._next_pool = itertools.cycle(self._pools)
         self._stats = Recorder()
         self._session_polls: dict[str, _SessionPoll] = {}
 
@@ -177,7 +185,8 @@ class WahaClient:
         for poll in self._session_polls.values():
             poll.task.cancel()
         self._session_polls.clear()
-        await self._http.aclose()
+        for pool in self._pools:
+            await pool.aclose()
 
     async def measured(self, work: Awaitable[T]) -> tuple[T, WahaStats]:
         """Await `work` and return the WahaStats of what it did (requests, retries, waits, breaker events,
@@ -455,7 +464,7 @@ class WahaClient:
                 limit = self.timeouts.attempt_limit(kind)
                 try:
                     async with asyncio.timeout(limit):
-                        response = await self._http.request(method, path, params=params, timeout=timeout)
+                        response = await next(self._next_pool).request(method, path, params=params, timeout=timeout)
                 except httpx.RequestError as error:  # timeouts, refused/reset connections, protocol, decoding
                     exc = error
                 except TimeoutError:
