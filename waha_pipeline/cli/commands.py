@@ -55,11 +55,11 @@ def import_channel(settings: Settings, args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         include_groups=args.include_groups,
     )
-    planned = run_plan(instance, defs, slug, config)
+    planned = run_plan(instance, defs, slug, config, settings.require_waha())
     if not planned.success or planned.plan_id is None:
         raise PipelineError(f"planning channel {args.channel!r} failed: {planned.error}")
     print(f"plan {planned.plan_id}: {len(planned.chunk_keys)} chunk(s) for channel {args.channel!r}")
-    run_chunks(instance, defs, slug, planned.chunk_keys)
+    run_chunks(instance, defs, slug, planned.chunk_keys, settings.require_waha())
     return _report(settings, planned.plan_id, args.channel)
 
 
@@ -88,7 +88,7 @@ def rerun_failed(settings: Settings, args: argparse.Namespace) -> int:
         print(f"channel {args.channel!r}: no failed chunks in plan {plan_id}")
         return EXIT_OK
     print(f"re-running {len(failed)} failed chunk(s) of plan {plan_id}")
-    run_chunks(instance, build_definitions(), channel_slug(args.channel), failed)
+    run_chunks(instance, build_definitions(), channel_slug(args.channel), failed, settings.require_waha())
     return _report(settings, plan_id, args.channel)
 
 

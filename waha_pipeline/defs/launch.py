@@ -13,10 +13,10 @@ import dagster as dg
 
 from waha_pipeline.defs.assets import MAX_CHUNKS_PER_RUN, PlanConfig
 from waha_pipeline.defs.partitions import CHANNELS, CHUNKS
+from waha_pipeline.defs.run_tags import run_tags
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
-CHANNEL_TAG = "waha_pipeline/channel"
 # The CLI prints its own per-chunk summary; the run's full event log is in the instance (and the UI).
 CONSOLE_WARNINGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -54,13 +54,15 @@ def add_partitions(instance: dg.DagsterInstance, name: str, keys: Sequence[str])
         instance.add_dynamic_partitions(name, new)
 
 
-def run_plan(instance: dg.DagsterInstance, defs: dg.Definitions, channel_slug: str, config: PlanConfig) -> PlannedRun:
+def run_plan(
+    instance: dg.DagsterInstance, defs: dg.Definitions, channel_slug: str, config: PlanConfig, waha_server: str
+) -> PlannedRun:
     add_partitions(instance, CHANNELS, [channel_slug])
     result = defs.resolve_job_def("channel_plan_job").execute_in_process(
         instance=instance,
         partition_key=channel_slug,
         run_config={"ops": {"channel_plan": {"config": config.model_dump()}}, **CONSOLE_WARNINGS},
-        tags={CHANNEL_TAG: channel_slug},
+        tags=run_tags(channel_slug, waha_server, chunks=0),
         raise_on_error=False,
     )
     if not result.success:
@@ -74,8 +76,14 @@ def run_plan(instance: dg.DagsterInstance, defs: dg.Definitions, channel_slug: s
 
 
 def run_chunks(
-    instance: dg.DagsterInstance, defs: dg.Definitions, channel_slug: str, chunk_keys: Sequence[str]
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    channel_slug: str,
+    chunk_keys: Sequence[str],
+    waha_server: str,
 ) -> list[dg.ExecuteInProcessResult]:
+    """One in-process run per contiguous range, tagged like sensor runs (the tags matter for the UI and history;
+    in-process runs are not watched by run monitoring, the per-chunk deadline bounds them instead)."""
     job = defs.resolve_job_def("chunk_import_job")
     results = []
     for keys in contiguous_ranges(instance.get_dynamic_partitions(CHUNKS), chunk_keys, MAX_CHUNKS_PER_RUN):
@@ -83,7 +91,7 @@ def run_chunks(
             job.execute_in_process(
                 instance=instance,
                 run_config=CONSOLE_WARNINGS,
-                tags={RANGE_START: keys[0], RANGE_END: keys[-1], CHANNEL_TAG: channel_slug},
+                tags={RANGE_START: keys[0], RANGE_END: keys[-1], **run_tags(channel_slug, waha_server, len(keys))},
                 raise_on_error=False,
             )
         )

@@ -22,7 +22,8 @@ class WahaResource(dg.ConfigurableResource):
     concurrency: int | None = None
     page_size: int | None = None
     # Bounds one chunk's WAHA work whatever WAHA does (hangs, slow pages, retries): the chunk then fails alone.
-    chunk_deadline_seconds: float = 300.0
+    # Inside run_tags.CHUNK_BUDGET_SECONDS, which sizes a run's dagster/max_runtime.
+    chunk_deadline_seconds: float = 150.0
 
     def settings(self) -> Settings:
         return Settings.from_env()
