@@ -16,7 +16,7 @@ from waha_pipeline.defs.assets import PlanConfig
 from waha_pipeline.defs.launch import run_chunks, run_plan
 from waha_pipeline.definitions import build_definitions
 from waha_pipeline.domain.planning import channel_slug
-from waha_pipeline.errors import ConfigError, PipelineError
+from waha_pipeline.errors import ConfigError, PipelineError, WahaPermanentError
 from waha_pipeline.settings import Settings
 from waha_pipeline.waha.client import WahaClient
 
@@ -120,5 +120,11 @@ def _latest_plan_id(store: CrmStore, channel: str) -> str:
 
 
 async def _require_session(settings: Settings, channel: str) -> None:
+    """The channel must exist and the key must be accepted before anything is written (exit 2 otherwise)."""
     async with WahaClient(settings.require_waha(), api_key=settings.waha_api_key) as client:
-        await client.get_session(channel)
+        try:
+            await client.get_session(channel)
+        except WahaPermanentError as exc:
+            if exc.status in (401, 403):
+                raise ConfigError(f"WAHA refused WAHA_API_KEY (HTTP {exc.status})") from None
+            raise
