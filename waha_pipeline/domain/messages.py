@@ -20,7 +20,6 @@ from waha_pipeline.domain.content_types import CONTENT_TYPES, content_type
 
 __all__ = ["CONTENT_TYPES", "content_type", "map_messages", "parse_timestamp", "push_name"]
 
-MESSAGE_OUT_COLUMNS: dict[str, str] = MESSAGE_COLUMNS  # push_name is part of the contract
 _INT64_MAX = 2**63 - 1
 _ROW_FIELDS = ("chat_id", "external_id", "from_me", "sent_at", "content_type", "body", "sender_id", "push_name")
 
@@ -164,7 +163,7 @@ def map_messages(
 
 def _message_frame(cols: dict[str, list[Any]], channel_id: str) -> pd.DataFrame:
     if not cols["external_id"]:
-        return empty_frame(MESSAGE_OUT_COLUMNS)
+        return empty_frame(MESSAGE_COLUMNS)
     n = len(cols["external_id"])
     data = {
         "id": ids.message_ids(channel_id, cols["external_id"]),
@@ -172,7 +171,7 @@ def _message_frame(cols: dict[str, list[Any]], channel_id: str) -> pd.DataFrame:
         **{name: cols[name] for name in MESSAGE_COLUMNS if name not in ("id", "contact_id")},
         "push_name": cols["push_name"],
     }
-    return pd.DataFrame({name: _column(data[name], dtype) for name, dtype in MESSAGE_OUT_COLUMNS.items()})
+    return pd.DataFrame({name: _column(data[name], dtype) for name, dtype in MESSAGE_COLUMNS.items()})
 
 
 def _column(values: list[Any], dtype: str) -> Any:

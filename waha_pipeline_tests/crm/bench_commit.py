@@ -49,6 +49,7 @@ def main(n: int = 100_000, n_contacts: int = 50, step: int = 7, drop_fks: str = 
                 "content_type": "text",
                 "body": "a message body of about fifty-five characters, roughly.",
                 "sender_id": None,
+                "push_name": None,
             }
         )
         batch = importer.batch([], [])

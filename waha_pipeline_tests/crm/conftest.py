@@ -102,7 +102,7 @@ def lid_contact(lid: str, *, name: str | None = None) -> dict[str, object]:
 
 def message(
     channel_id: str, contact: dict[str, object], external_id: str, sent_at: int, *, from_me: bool = False,
-    chat_id: str | None = None, body: str | None = "hi",
+    chat_id: str | None = None, body: str | None = "hi", push_name: str | None = None,
 ) -> dict[str, object]:  # fmt: skip
     chat = chat_id or (f"{contact['phone']}@c.us" if contact["phone"] else f"{contact['lid']}@lid")
     return {
@@ -115,6 +115,7 @@ def message(
         "content_type": "text",
         "body": body,
         "sender_id": None,
+        "push_name": push_name,
     }
 
 

@@ -201,8 +201,8 @@ def test_rejected_timestamp_values(value: Any) -> None:
 def test_message_row_shape_and_values() -> None:
     raw = msg(external_id="false_x_A1", ts=T, body="Boa tarde", _data={"Info": {"PushName": " Maria "}})
     messages, rejects, dropped = run((CHAT, raw))
-    assert list(messages.columns) == [*MESSAGE_COLUMNS, "push_name"]
-    assert dict(messages.dtypes.astype(str)) == {**MESSAGE_COLUMNS, "push_name": "string"}
+    assert list(messages.columns) == list(MESSAGE_COLUMNS)
+    assert dict(messages.dtypes.astype(str)) == MESSAGE_COLUMNS
     row = messages.iloc[0].to_dict()
     assert row["id"] == ids.message_id(CH, "false_x_A1")
     assert pd.isna(row["contact_id"]) and pd.isna(row["sender_id"])
@@ -280,5 +280,5 @@ def test_no_lower_bound_keeps_old_messages_and_duplicates_count_once() -> None:
 def test_empty_input() -> None:
     messages, rejects, dropped = run()
     assert messages.empty and rejects.empty and dropped == 0
-    assert list(messages.columns) == [*MESSAGE_COLUMNS, "push_name"]
+    assert list(messages.columns) == list(MESSAGE_COLUMNS)
     assert list(rejects.columns) == list(REJECT_COLUMNS)
