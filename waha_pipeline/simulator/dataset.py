@@ -458,7 +458,8 @@ class _SessionBuilder:
                     wire = {"server": "c.us", "user": phone, "_serialized": chat_id}
                 elif k == DIRECT_SWA:
                     wire = f"{phone}@s.whatsapp.net"
-                if rng.random() < 0.2:  # WAHA knows this phone's lid although there is no @lid chat
+                known_lid = rng.random() < 0.2  # WAHA knows this phone's lid although there is no @lid chat
+                if known_lid and phone not in lids.values():
                     lids[_lid(rng, self.lid_pool)] = phone
             elif k in LID_KINDS:
                 lid = _lid(rng, self.lid_pool)
@@ -468,6 +469,9 @@ class _SessionBuilder:
                     lids[lid] = person["phone"]
                 elif k == LID_DUP:
                     person = base_person[partner_of[i]]
+                    # one phone has one lid: this chat's lid replaces any lid drawn for the partner's phone
+                    for known in [known for known, pn in lids.items() if pn == person["phone"]]:
+                        del lids[known]
                     lids[lid] = person["phone"]
                 else:
                     person = self._person(None)
