@@ -21,6 +21,7 @@ from waha_pipeline.importer.stage_plan import STAGES
 
 GROUP = "waha_import"
 MAX_CHUNKS_PER_RUN = 50
+STEP_RETRIES = 2  # a step retry redoes only the chunks of its range that did not commit
 
 STAGE_DESCRIPTIONS = {
     "raw_chat_list": "The chunk's chats as the plan recorded them, with the identity each resolves to.",
@@ -94,7 +95,9 @@ def channel_plan(context: dg.AssetExecutionContext, config: PlanConfig, waha: Wa
     partitions_def=chunk_partitions,
     can_subset=True,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_CHUNKS_PER_RUN),
-    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+    retry_policy=dg.RetryPolicy(
+        max_retries=STEP_RETRIES, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+    ),
 )
 def chunk_import(context: dg.AssetExecutionContext, waha: WahaResource, crm: CrmResource) -> Iterator[dg.AssetMaterialization]:
     """Re-running is safe: every write is an idempotent upsert and sessions are recomputed, never appended."""
@@ -114,6 +117,13 @@ def chunk_import(context: dg.AssetExecutionContext, waha: WahaResource, crm: Crm
             continue
         yield dg.AssetMaterialization(asset_key=event.stage, partition=event.chunk_key, metadata=event.metadata)
     if failures:
+        retryable = not all(f.permanent for f in failures)
+        wait = max((f.retry_after or 0.0) for f in failures)
+        if retryable and wait > 0 and context.retry_number < STEP_RETRIES:
+            # WAHA said when to come back (an open circuit, a 429): the fixed policy delay could be too short.
+            # The retry redoes only the chunks the ledger does not show committed.
+            context.log.warning(f"{len(failures)} chunk(s) failed transiently; retrying in {wait:.0f} s")
+            raise dg.RetryRequested(max_retries=STEP_RETRIES, seconds_to_wait=wait + 1.0)
         raise dg.Failure(
             description=f"{len(failures)} of {len(context.partition_keys)} chunk(s) failed: "
             + "; ".join(f"{f.chunk_key}: {f.reason}" for f in failures[:5]),
@@ -122,5 +132,5 @@ def chunk_import(context: dg.AssetExecutionContext, waha: WahaResource, crm: Crm
                     [{"chunk": f.chunk_key, "stage": f.stage, "reason": f.reason, "permanent": f.permanent} for f in failures]
                 )
             },
-            allow_retries=not all(f.permanent for f in failures),
+            allow_retries=retryable,
         )

@@ -56,6 +56,7 @@ class ChunkFailed:
     stage: str
     reason: str
     permanent: bool
+    retry_after: float | None = None  # WAHA asked to wait this long (429, open circuit) before trying again
 
 
 @dataclass
@@ -155,7 +156,7 @@ class ChunkRunner:
                 logger.warning("chunk %s failed at %s: %s", key, stage, reason)
                 if committing:
                     self.store.mark_chunk_failed(work.context.plan_id, key, reason)
-                yield ChunkFailed(key, stage, reason, permanent)
+                yield ChunkFailed(key, stage, reason, permanent, getattr(exc, "retry_after", None))
         for pending in fetches.values():
             pending.future.cancel()
 
