@@ -182,11 +182,17 @@ class ChunkRunner:
             fetched, stats = fetch.future.result()
             self.stage_store.write(plan_id, key, "fetched", fetched)
             if plan[stage] is Action.EMIT:
+                waha = stats.to_dict()
+                logger.info("chunk %s fetched %d messages: %s", key, len(fetched), waha)
                 yield StageDone(key, stage, {
                     "chats": len(chats),
                     "messages": len(fetched),
                     "waha_requests": stats.requests,
                     "waha_retries": stats.retries,
+                    "waha_wait_429_seconds": waha["wait_429_seconds"],
+                    "waha_latency_p50_ms": waha["latency_p50_ms"],
+                    "waha_latency_p95_ms": waha["latency_p95_ms"],
+                    "waha": waha,  # retries by cause, breaker changes, backoff, session and limiter waits
                     "fetch_seconds": round(time.monotonic() - fetch.started, 3),
                     "dagster/row_count": len(fetched),
                 })

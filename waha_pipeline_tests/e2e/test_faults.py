@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
 import sqlalchemy as sa
 
@@ -71,6 +72,14 @@ def test_flaky_waha_still_imports_exactly(env, sim, capsys) -> None:
     stats = sim.stats()
     assert stats["faults"]["5xx"] > 0 and stats["faults"]["429"] > 0 and stats["faults"]["html"] > 0
     assert_matches(snapshot(env["DATABASE_URL"]), expected(sim, env["DATABASE_URL"]))
+    # every chunk reports its own WAHA requests, retries by cause and latency in the UI
+    records = dg.DagsterInstance.get().fetch_materializations(dg.AssetKey("fetched_messages"), limit=100).records
+    metadata = [r.asset_materialization.metadata for r in records]
+    assert len(metadata) == len(latest_plan(env["DATABASE_URL"])["chunks"])
+    assert sum(m["waha_requests"].value for m in metadata) == stats["messages"]
+    causes = {cause for m in metadata for cause in m["waha"].value["retries_by_cause"]}
+    assert {"5xx", "429"} <= causes
+    assert all(m["waha_latency_p95_ms"].value >= m["waha_latency_p50_ms"].value > 0 for m in metadata)
 
 
 def test_waha_down_fails_every_chunk_fast_then_rerun_is_exact(env, sim, capsys) -> None:
