@@ -25,7 +25,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from waha_pipeline.simulator.faults import HANG, NO_FAULT, NONE, RATE_LIMIT, RESET, Decision, Faults, html_body
+from waha_pipeline.simulator.faults import (
+    GARBAGE, GARBAGE_BODY, HANG, NO_FAULT, NONE, RATE_LIMIT, RESET, Decision, Faults, html_body,
+)
 from waha_pipeline.simulator.state import SESSION_STATUSES, SimulatorState
 from waha_pipeline.simulator.truth import ground_truth
 
@@ -237,6 +239,9 @@ class SimMiddleware:
                 status_box[0] = None
                 return
             await self.app(scope, receive, send)
+        elif outcome == GARBAGE:
+            stats.fault("garbage")
+            await Response(GARBAGE_BODY, status_code=200, media_type="text/html; charset=utf-8")(scope, receive, send)
         elif outcome == RATE_LIMIT:
             stats.fault("429")
             response = _json({"statusCode": 429, "message": "ThrottlerException: Too Many Requests"}, 429)
@@ -519,6 +524,41 @@ def create_app(state: SimulatorState) -> Starlette:
                 return _json({"message": str(exc), "statusCode": 400}, 400)
         return _json(state.faults.to_dict())
 
+    async def sim_add_chat(request: Request) -> Response:
+        """{"id": ID (string or id object), "name"?: N}: a chat with any id, served by /chats."""
+        name = request.path_params["name"]
+        if name not in state.dataset.sessions:
+            return _unknown_session(name)
+        try:
+            body = await _body(request)
+            if "id" not in body:
+                raise ValueError("missing 'id'")
+            chat = state.add_chat(name, body["id"], body.get("name"))
+        except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+            return _json({"message": str(exc), "statusCode": 400}, 400)
+        return _json({"id": chat.id, "kind": chat.kind, "name": chat.name})
+
+    async def sim_add_message(request: Request) -> Response:
+        """{"chat_id": C, "raw": {...}, "content_type"?: T, "defect"?: R, "ts"?: S, "from_me"?: B,
+        "push_name"?: P}: serve `raw` in chat C; the other fields are the truth's facts."""
+        name = request.path_params["name"]
+        if name not in state.dataset.sessions:
+            return _unknown_session(name)
+        try:
+            body = await _body(request)
+            unknown = set(body) - {"chat_id", "raw", "content_type", "defect", "ts", "from_me", "push_name"}
+            if unknown or "chat_id" not in body or "raw" not in body:
+                raise ValueError(f"need chat_id and raw; unknown field(s) {sorted(unknown)}")
+            facts = {k: body[k] for k in ("ts", "from_me", "push_name") if body.get(k) is not None}
+            entry = state.add_message(name, body["chat_id"], body["raw"],
+                                      content_type=body.get("content_type") or "text", defect=body.get("defect"),
+                                      **facts)
+        except KeyError as exc:
+            return _json({"message": str(exc.args[0] if exc.args else exc), "statusCode": 404}, 404)
+        except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+            return _json({"message": str(exc), "statusCode": 400}, 400)
+        return _json({"external_id": entry.external_id, "ts": entry.ts, "defect": entry.defect})
+
     async def sim_down(request: Request) -> Response:
         """{"for_s": S}: close the listening socket and every open connection, reopen after S seconds.
         Over HTTP a duration is required: nothing could reach /_sim to bring it back."""
@@ -578,6 +618,8 @@ def create_app(state: SimulatorState) -> Starlette:
         Route("/_sim/sessions/{name}/status", sim_set_status, methods=["POST"]),
         Route("/_sim/sessions/{name}/delete", sim_delete_session, methods=["POST"]),
         Route("/_sim/sessions/{name}/restore", sim_restore_session, methods=["POST"]),
+        Route("/_sim/sessions/{name}/chats", sim_add_chat, methods=["POST"]),
+        Route("/_sim/sessions/{name}/messages", sim_add_message, methods=["POST"]),
         Route("/_sim/down", sim_down, methods=["POST"]),
         Route("/_sim/faults", sim_faults, methods=["GET", "POST"]),
         Route("/_sim/truth", sim_truth),

@@ -31,6 +31,7 @@ GROUP = "group"  # "...@g.us"
 STATUS = "status"  # "status@broadcast"
 BROADCAST = "broadcast"  # "<id>@broadcast"
 NEWSLETTER = "newsletter"  # "<n>@newsletter"
+INJECTED = "injected"  # a chat added at run time with any id string (SimulatorState.add_chat); never imported
 
 DIRECT_KINDS = frozenset({DIRECT, DIRECT_OBJ, DIRECT_SWA})
 LID_KINDS = frozenset({LID_MAPPED, LID_DUP, LID_UNKNOWN})
@@ -178,7 +179,7 @@ class SimSession:
         kinds = {k: 0 for k in ALL_KINDS}
         served = hidden = malformed = 0
         for chat in self.chats:
-            kinds[chat.kind] += 1
+            kinds[chat.kind] = kinds.get(chat.kind, 0) + 1
             for e in chat.entries:
                 if e.blob is None:
                     hidden += 1

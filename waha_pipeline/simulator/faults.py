@@ -8,7 +8,8 @@ gets a fresh draw.
 Scopes (documented in `Faults`):
   * latency_ms / jitter_ms / max_concurrent / down act on every WAHA request (/api/..., /ping, /health):
     they model the server's speed and capacity;
-  * error_rate / rate_limit_rate / hang_rate / reset_rate act only on the endpoint kinds in `only_kinds`;
+  * error_rate / rate_limit_rate / hang_rate / reset_rate / garbage_rate act only on the endpoint kinds in
+    `only_kinds`;
   * /_sim control routes are never faulted, delayed or capped.
 """
 
@@ -23,12 +24,12 @@ from typing import Any
 
 FAULT_KINDS = ("sessions", "chats", "messages", "lids", "other")  # endpoint kinds, as in the request stats
 DEFAULT_ONLY_KINDS = ("messages", "chats", "lids")
-FAULT_COUNTERS = ("5xx", "429", "hang", "reset", "html", "down")
+FAULT_COUNTERS = ("5xx", "429", "hang", "reset", "html", "down", "garbage")
 SERVER_ERRORS = (500, 502, 503)
 _REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
 
 # outcomes of one decision
-NONE, RESET, HANG, RATE_LIMIT, SERVER_ERROR = "none", "reset", "hang", "429", "5xx"
+NONE, RESET, HANG, RATE_LIMIT, SERVER_ERROR, GARBAGE = "none", "reset", "hang", "429", "5xx", "garbage"
 
 
 @dataclass
@@ -50,7 +51,9 @@ class Faults:
     hang_rate: float = 0.0  # share that sleeps hang_s, then answers normally (unless the client gave up)
     hang_s: float = 30.0
     reset_rate: float = 0.0  # share whose TCP connection is reset (RST) without any HTTP response
-    only_kinds: tuple[str, ...] = DEFAULT_ONLY_KINDS  # endpoint kinds the four rates above apply to
+    # share answered 200 with content-type text/html and an HTML page (a misconfigured proxy / captive portal)
+    garbage_rate: float = 0.0
+    only_kinds: tuple[str, ...] = DEFAULT_ONLY_KINDS  # endpoint kinds the five rates above apply to
     down: bool = False  # every WAHA request answers 503 at once (see also SimulatorHandle.down: no listener)
     seed: int | None = None  # None: the dataset's seed
 
@@ -59,12 +62,12 @@ class Faults:
         self.validate()
 
     def validate(self) -> None:
-        for name in ("error_rate", "html_error_rate", "rate_limit_rate", "hang_rate", "reset_rate"):
+        for name in ("error_rate", "html_error_rate", "rate_limit_rate", "hang_rate", "reset_rate", "garbage_rate"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be within [0, 1], got {v!r}")
-        if self.error_rate + self.rate_limit_rate + self.hang_rate + self.reset_rate > 1.0 + 1e-9:
-            raise ValueError("error_rate + rate_limit_rate + hang_rate + reset_rate must not exceed 1")
+        if self.error_rate + self.rate_limit_rate + self.hang_rate + self.reset_rate + self.garbage_rate > 1.0 + 1e-9:
+            raise ValueError("error_rate + rate_limit_rate + hang_rate + reset_rate + garbage_rate must not exceed 1")
         for name in ("latency_ms", "jitter_ms", "hang_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
@@ -79,7 +82,8 @@ class Faults:
     @property
     def random(self) -> bool:
         """True when some request outcome must be drawn (a rate or jitter is set)."""
-        return bool(self.error_rate or self.rate_limit_rate or self.hang_rate or self.reset_rate or self.jitter_ms)
+        return bool(self.error_rate or self.rate_limit_rate or self.hang_rate or self.reset_rate or self.garbage_rate
+                    or self.jitter_ms)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -100,7 +104,7 @@ class Faults:
             kw: dict[str, Any] = {}
             for k, v in merged.items():
                 if k in ("latency_ms", "jitter_ms", "error_rate", "html_error_rate", "rate_limit_rate", "hang_rate",
-                         "hang_s", "reset_rate"):
+                         "hang_s", "reset_rate", "garbage_rate"):
                     kw[k] = float(v)
                 elif k in ("max_concurrent", "seed"):
                     kw[k] = None if v is None or (k == "max_concurrent" and v == 0) else int(v)
@@ -166,6 +170,9 @@ class Decider:
             if u < edge:
                 return Decision(SERVER_ERROR, delay, SERVER_ERRORS[min(2, int(u_status * 3))],
                                 u_html < f.html_error_rate)
+            edge += f.garbage_rate  # last: adding it leaves every other fault's draws unchanged
+            if u < edge:
+                return Decision(GARBAGE, delay, 200, True)
         return Decision(NONE, delay)
 
 
@@ -175,6 +182,10 @@ def canonical_query(query_string: bytes) -> str:
         return ""
     pairs = [p for p in query_string.decode("latin-1").split("&") if p and not p.startswith("x-api-key=")]
     return "&".join(sorted(pairs))
+
+
+GARBAGE_BODY = (b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body><h1>Proxy authentication "
+                b"required</h1><p>Please sign in to continue.</p></body></html>\n")
 
 
 def html_body(status: int) -> bytes:
@@ -240,6 +251,8 @@ def add_fault_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--hang-s", type=_non_negative, default=d.hang_s)
     g.add_argument("--reset-rate", type=_rate, default=d.reset_rate,
                    help="share whose connection is reset with no response")
+    g.add_argument("--garbage-rate", type=_rate, default=d.garbage_rate,
+                   help="share answered 200 with an HTML page instead of JSON (a misconfigured proxy)")
     g.add_argument("--fault-kinds", type=_kinds, default=d.only_kinds,
                    help=f"endpoint kinds the rates apply to (default {','.join(d.only_kinds)}; "
                         f"any of {','.join(FAULT_KINDS)})")
@@ -252,5 +265,6 @@ def faults_from_args(args: argparse.Namespace) -> Faults:
     return Faults(latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, max_concurrent=args.max_concurrent,
                   error_rate=args.error_rate, html_error_rate=args.html_error_rate,
                   rate_limit_rate=args.rate_limit_rate, retry_after_s=args.retry_after_s, hang_rate=args.hang_rate,
-                  hang_s=args.hang_s, reset_rate=args.reset_rate, only_kinds=tuple(args.fault_kinds),
+                  hang_s=args.hang_s, reset_rate=args.reset_rate, garbage_rate=args.garbage_rate,
+                  only_kinds=tuple(args.fault_kinds),
                   down=args.down, seed=args.fault_seed)

@@ -150,6 +150,16 @@ class SimulatorHandle:
     def restore_session(self, session: str, status: str | None = None) -> None:
         self.state.restore_session(session, status)
 
+    # ---- injected data (also POST /_sim/sessions/{name}/chats and /_sim/sessions/{name}/messages)
+    def add_chat(self, session: str, raw_id: str | dict, name: str | None = None) -> Any:
+        """A chat with any id string (e.g. "12345@weird.server"); the truth skips it as non-importable."""
+        return self.state.add_chat(session, raw_id, name)
+
+    def add_message(self, session: str, chat_id: str, raw: dict, *, content_type: str = "text",
+                    defect: str | None = None, **facts: Any) -> Any:
+        """Serve a raw WAHA message in `chat_id`; see SimulatorState.add_message for the truth facts."""
+        return self.state.add_message(session, chat_id, raw, content_type=content_type, defect=defect, **facts)
+
     # ---- the listener (also POST /_sim/down with {"for_s": S})
     def down(self, for_s: float | None = None) -> None:
         """Refuse connections (closed listening socket) and drop open ones; back up after for_s, or at up()."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from waha_pipeline.simulator.dataset import Dataset, SimChat, SimSession
+from waha_pipeline.simulator.dataset import CONTENT_TYPES, INJECTED, Dataset, SimChat, SimSession, StoredMessage
 from waha_pipeline.simulator.faults import FAULT_COUNTERS, Decider, Faults
 
 SESSION_STATUSES = ("STOPPED", "STARTING", "SCAN_QR_CODE", "PASSKEY_REQUIRED", "PASSKEY_CONFIRMATION_REQUIRED",
@@ -141,6 +141,82 @@ class SimulatorState:
 
     def session(self, name: str) -> SimSession | None:
         return self.dataset.sessions.get(name)
+
+    # ---- injected data (bad-input tests): the facts the truth needs are given with the raw payload
+    def add_chat(self, session: str, raw_id: str | dict, name: str | None = None) -> SimChat:
+        """A chat with any id (a string or an id object), served by /chats and fetchable by that id string.
+        Its kind is INJECTED: the truth skips it (counted under "injected"), like any non-importable chat."""
+        sess = self._session_or_key_error(session)
+        serial = raw_id.get("_serialized") if isinstance(raw_id, dict) else raw_id
+        if not isinstance(serial, str):
+            raise ValueError("raw_id must be a string or an object with a string _serialized")
+        with self._lock:
+            if serial in sess.chats_by_id:
+                raise ValueError(f"chat {serial!r} already exists in session {session!r}")
+            chat = SimChat(id=serial, kind=INJECTED, wire_id=raw_id, name=name)
+            sess.chats.append(chat)
+            sess.chats_by_id[serial] = chat
+            self.chat_index[session] = ChatIndex(sess.chats)
+        return chat
+
+    def add_message(self, session: str, chat_id: str, raw: dict, *, content_type: str = "text",
+                    defect: str | None = None, ts: int | None = None, from_me: bool | None = None,
+                    push_name: str | None = None) -> StoredMessage:
+        """Serve `raw` (exactly, as JSON) in chat `chat_id`'s pages, ordered by its timestamp like the others.
+
+        The truth facts: external id = raw "id" when it is a non-empty string; timestamp = `ts`, else raw
+        "timestamp" (it must then be an int); direction = `from_me`, else raw "fromMe" (True or "true");
+        body = raw "body"; push name (inbound only) = `push_name`, else raw _data.Info.PushName.
+        A `defect` (any non-empty reason) makes it a reject in the truth; a good message must carry an id,
+        an int timestamp and a bool fromMe.
+        """
+        sess = self._session_or_key_error(session)
+        chat = sess.find_chat(chat_id)
+        if chat is None:
+            raise KeyError(f"no chat {chat_id!r} in session {session!r}")
+        if not isinstance(raw, dict):
+            raise ValueError("raw must be a JSON object")
+        if content_type not in CONTENT_TYPES:
+            raise ValueError(f"content_type must be one of {', '.join(CONTENT_TYPES)}")
+        if defect is not None and (not isinstance(defect, str) or not defect):
+            raise ValueError("defect must be a non-empty reason or null")
+        ext = raw.get("id")
+        external_id = ext if isinstance(ext, str) and ext.strip() else None
+        wire_ts = raw.get("timestamp")
+        if ts is None:
+            if isinstance(wire_ts, bool) or not isinstance(wire_ts, int):
+                raise ValueError("give ts when the raw timestamp is not an integer")
+            ts = wire_ts
+        mine = from_me if from_me is not None else raw.get("fromMe") in (True, "true")
+        if defect is None:
+            if external_id is None or not isinstance(raw.get("fromMe"), bool) or wire_ts != ts:
+                raise ValueError("a good message needs a string id, an int timestamp (= ts) and a bool fromMe; "
+                                 "else give a defect")
+            body = raw.get("body")
+            if body is not None and not isinstance(body, str):
+                raise ValueError("a good message's body must be a string or null")
+        if push_name is None and not mine:
+            info = (raw.get("_data") or {}).get("Info") if isinstance(raw.get("_data"), dict) else None
+            pn = info.get("PushName") if isinstance(info, dict) else None
+            push_name = (pn.strip() or None) if isinstance(pn, str) else None
+        body = raw.get("body")
+        with self._lock:
+            seq = 1 + max((e.seq for c in sess.chats for e in c.entries), default=0)
+            entry = StoredMessage(
+                ts=int(ts), sort_id=external_id or "", seq=seq, from_me=bool(mine), blob=orjson.dumps(raw),
+                external_id=external_id, body=body if isinstance(body, str) else None, content_type=content_type,
+                push_name=None if mine else push_name, participant=raw.get("participant") if isinstance(
+                    raw.get("participant"), str) else None, defect=defect)
+            chat.entries.append(entry)
+            chat.finalize()
+            self.chat_index[session] = ChatIndex(sess.chats)  # conversationTimestamp may have moved
+        return entry
+
+    def _session_or_key_error(self, name: str) -> SimSession:
+        sess = self.dataset.sessions.get(name)
+        if sess is None:
+            raise KeyError(f"unknown simulated session {name!r}")
+        return sess
 
     # ---- faults
     def _fault_seed(self, faults: Faults) -> int:
