@@ -57,7 +57,7 @@ def push_name(data: Any) -> str | None:
     info = data.get("Info")
     name = info.get("PushName") if isinstance(info, dict) else None
     name = name or data.get("notifyName") or data.get("pushName")
-    return (name.strip() or None) if isinstance(name, str) else None
+    return (name.strip() or None) if isinstance(name, str) and "\x00" not in name else None
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -74,6 +74,8 @@ def _validate(msg: Any) -> tuple[str | None, str | None]:
         return None, "missing id"
     if not isinstance(external_id, str):
         return None, f"id is not a string: {_short(external_id)}"
+    if "\x00" in external_id:
+        return None, "id contains a NUL character"
     if "fromMe" not in msg or msg["fromMe"] is None:
         return external_id, "missing fromMe"
     if not isinstance(msg["fromMe"], bool):
@@ -81,6 +83,8 @@ def _validate(msg: Any) -> tuple[str | None, str | None]:
     body = msg.get("body")
     if body is not None and not isinstance(body, str):
         return external_id, f"body is not a string: {_short(body)}"
+    if body is not None and "\x00" in body:  # PostgreSQL text cannot hold it: reject, never fail the chunk
+        return external_id, "body contains a NUL character"
     return external_id, None
 
 
@@ -123,7 +127,8 @@ def map_messages(
                     and type(sent_at) is int
                     and 0 <= sent_at <= _INT64_MAX
                     and type(from_me) is bool
-                    and (body is None or type(body) is str)
+                    and (body is None or (type(body) is str and "\x00" not in body))
+                    and "\x00" not in external_id
                 )
             else:
                 fast = False

@@ -282,3 +282,19 @@ def test_empty_input() -> None:
     assert messages.empty and rejects.empty and dropped == 0
     assert list(messages.columns) == list(MESSAGE_COLUMNS)
     assert list(rejects.columns) == list(REJECT_COLUMNS)
+
+
+def test_nul_characters_are_rejected_not_stored() -> None:
+    """PostgreSQL text cannot hold NUL: such a message becomes a reject instead of failing its chunk forever."""
+    good = {"id": "false_1@c.us_A", "timestamp": 100, "fromMe": False, "body": "ok"}
+    bad_body = {**good, "id": "false_1@c.us_B", "body": "a\x00b"}
+    bad_id = {**good, "id": "false_1@c.us_\x00"}
+    named = {**good, "id": "false_1@c.us_C", "_data": {"Info": {"PushName": "x\x00y"}}}
+    fetched = pd.DataFrame({
+        "chat_id": pd.array(["1@c.us"] * 4, dtype="string"),
+        "payload": pd.array([orjson.dumps(m).decode() for m in (good, bad_body, bad_id, named)], dtype="string"),
+    })
+    messages, rejects, _ = map_messages(fetched, channel_id="c", window_start=None, window_end=200)
+    assert messages["external_id"].tolist() == ["false_1@c.us_A", "false_1@c.us_C"]
+    assert messages["push_name"].isna().all()
+    assert sorted(rejects["reason"]) == ["body contains a NUL character", "id contains a NUL character"]
