@@ -7,9 +7,11 @@ the circuit breaker (breaker.py) and the per-server limiter (limiter.py). Knows 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -101,6 +103,12 @@ class _PageTimeout(Exception):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One default context for every pool and client: loading the CA bundle costs ~50 ms each time."""
+    return httpx.create_ssl_context()
+
+
 class WahaClient:
     """Client of one WAHA server. Use as `async with WahaClient(url, api_key) as waha: ...`.
 
@@ -166,6 +174,7 @@ class WahaClient:
                 transport=transport,
                 auth=auth,
                 follow_redirects=False,
+                verify=_ssl_context(),
             )
             for _ in range(pools)
         ]
