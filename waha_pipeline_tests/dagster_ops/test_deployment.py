@@ -219,7 +219,9 @@ def test_sensor_imports_failed_chunks_rerun_and_runtime_bound(sim: Any, deployme
     #    served from stage files and the CRM's chat coverage.
     httpx.post(f"{sim.base_url}/_sim/faults", json={"latency_ms": 13000}, timeout=10)
     try:
-        slow_tags = {**run_tags("beta", sim.base_url, 0), MAX_RUNTIME_TAG: "3"}
+        # no run retry here: a retry (dagster/max_retries=1 re-launches runs that did not fail in a step,
+        # timed-out ones included) would re-plan beta once WAHA is fast again and hide the failure
+        slow_tags = {**run_tags("beta", sim.base_url, 0), MAX_RUNTIME_TAG: "3", "dagster/max_retries": "0"}
         slow_id = stack.launch_backfill(["channel_plan"], ["beta"], slow_tags)
         wait_for("run monitoring to stop the slow run",
                  lambda: [r for r in stack.runs(**{"dagster/backfill": slow_id}) if r["status"] == "FAILURE"],
