@@ -17,6 +17,7 @@ Pins, in one scenario (the phases share the deployment; starting it costs ~15 s)
 from __future__ import annotations
 
 import os
+import warnings
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ from waha_pipeline_tests.crm_state import assert_matches, snapshot, truth
 from waha_pipeline_tests.dagster_ops.stack import ROOT, Stack, dagster_stack, wait_for
 
 VICTIMS = ["alpha.c0000", "alpha.c0002"]  # not adjacent: a re-run needs two ranges, i.e. two runs of one channel
+# The README's image; the test writes it only when asked (WAHA_UPDATE_SCREENSHOT=1), so runs leave the tree clean.
 SCREENSHOT = ROOT / "docs" / "images" / "chunk_partitions.png"
 CHROMIUM = "/usr/bin/chromium"
 
@@ -130,10 +132,15 @@ def overlaps(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a["startTime"] < b["endTime"] and b["startTime"] < a["endTime"]
 
 
-def screenshot_partitions(stack: Stack, path: Path) -> str:
-    playwright = pytest.importorskip("playwright.sync_api")
+def screenshot_partitions(stack: Stack, path: Path) -> str | None:
+    """The partitions page as rendered by Chromium, or None when Playwright or Chromium is not installed (the
+    rest of the scenario must still run then, so this is a warning, not a skip)."""
+    try:
+        import playwright.sync_api as playwright
+    except ImportError:
+        return None
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+        return None
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run"]
     with playwright.sync_playwright() as p:
@@ -153,8 +160,11 @@ def screenshot_partitions(stack: Stack, path: Path) -> str:
 # ---------------------------------------------------------------- TESTS
 
 
-def test_sensor_imports_failed_chunks_rerun_and_runtime_bound(sim: Any, deployment: tuple[Stack, str]) -> None:
+def test_sensor_imports_failed_chunks_rerun_and_runtime_bound(
+    sim: Any, deployment: tuple[Stack, str], tmp_path: Path
+) -> None:
     stack, crm_url = deployment
+    screenshot = SCREENSHOT if os.environ.get("WAHA_UPDATE_SCREENSHOT") == "1" else tmp_path / "partitions.png"
     started = time.monotonic()
     refuse_commits_of(crm_url, VICTIMS)
 
@@ -181,8 +191,11 @@ def test_sensor_imports_failed_chunks_rerun_and_runtime_bound(sim: Any, deployme
     assert {k for e in led.values() for k, s in e["chunks"].items() if s == "failed"} == set(VICTIMS)
 
     # 3. the UI shows it
-    text = screenshot_partitions(stack, SCREENSHOT)
-    assert f"Failed ({len(VICTIMS)})" in text and f"Materialized ({len(all_keys) - len(VICTIMS)})" in text, text[:500]
+    text = screenshot_partitions(stack, screenshot)
+    if text is None:
+        warnings.warn(f"Playwright or {CHROMIUM} missing: the UI screenshot was not checked", stacklevel=1)
+    else:
+        assert f"Failed ({len(VICTIMS)})" in text and f"Materialized ({len(all_keys) - len(VICTIMS)})" in text, text[:500]
 
     # 4. re-run failed chunks only, the documented automation call
     remove_fault(crm_url)
