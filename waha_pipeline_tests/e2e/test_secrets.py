@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 
 import dagster as dg
-import pytest
 import sqlalchemy as sa
 
 from waha_pipeline.cli.main import main
