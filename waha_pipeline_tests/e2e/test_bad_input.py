@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from waha_pipeline.cli.main import main
 from waha_pipeline.simulator import DatasetSpec, Faults, run_in_thread
 from waha_pipeline.simulator.dataset import DIRECT
-from waha_pipeline_tests.crm_state import assert_matches, latest_plan, snapshot, truth
+from waha_pipeline_tests.crm_state import assert_matches, latest_plan, snapshot
+from waha_pipeline_tests.e2e.cli_run import cli, expected
 
 SPEC = DatasetSpec(seed=23, chats=120, target_messages=600)
-ENV_NAMES = ("WAHA_BASE_URL", "DATABASE_URL", "DAGSTER_HOME", "WAHA_API_KEY", "WAHA_TENANT_ID", "WAHA_CONCURRENCY",
-             "WAHA_PAGE_SIZE")
 
 
 @pytest.fixture
@@ -31,28 +28,6 @@ def sim(anchor: int) -> Iterator[Any]:
     """A simulator of its own: each test injects data or faults into it."""
     with run_in_thread(SPEC, anchor=anchor) as handle:
         yield handle
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_url: str, sim: Any) -> dict[str, str]:
-    values = {"WAHA_BASE_URL": sim.base_url, "DATABASE_URL": pg_url, "DAGSTER_HOME": str(tmp_path / "home")}
-    for name in ENV_NAMES:
-        monkeypatch.delenv(name, raising=False)
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def expected(sim: Any, url: str) -> dict[str, Any]:
-    plan = latest_plan(url)
-    return truth(sim.base_url, "demo", window_start=plan["window_start"], window_end=plan["window_end"],
-                 plan_time=plan["plan_time"], timeout_minutes=plan["timeout"])
 
 
 def query(url: str, sql: str, **params: Any) -> list[Any]:

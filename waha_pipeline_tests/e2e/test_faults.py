@@ -12,16 +12,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from waha_pipeline.cli.main import main
 from waha_pipeline.simulator import DatasetSpec, Faults, run_in_thread
-from waha_pipeline_tests.crm_state import assert_matches, latest_plan, snapshot, truth
+from waha_pipeline_tests.crm_state import assert_matches, latest_plan, snapshot
+from waha_pipeline_tests.e2e.cli_run import cli, expected
 
 SPEC = DatasetSpec(seed=11, chats=260, target_messages=1600)
 
@@ -31,28 +30,6 @@ def sim(anchor: int) -> Iterator[Any]:
     """A simulator of its own: these tests change its faults and session states."""
     with run_in_thread(SPEC, anchor=anchor) as handle:
         yield handle
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_url: str, sim: Any) -> dict[str, str]:
-    values = {"WAHA_BASE_URL": sim.base_url, "DATABASE_URL": pg_url, "DAGSTER_HOME": str(tmp_path / "home")}
-    for name in ("WAHA_API_KEY", "WAHA_TENANT_ID", "WAHA_CONCURRENCY", "WAHA_PAGE_SIZE"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def expected(sim: Any, url: str) -> dict[str, Any]:
-    plan = latest_plan(url)
-    return truth(sim.base_url, "demo", window_start=plan["window_start"], window_end=plan["window_end"],
-                 plan_time=plan["plan_time"], timeout_minutes=plan["timeout"])
 
 
 def rows_by_chat(url: str) -> dict[str, int]:
