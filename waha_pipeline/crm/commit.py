@@ -18,7 +18,7 @@ from waha_pipeline.crm.schema import UUID_T, channels, contacts, import_plans, m
 from waha_pipeline.crm.schema import sessions, to_seconds, to_utc
 from waha_pipeline.crm.staging import stage_assign, stage_contacts, stage_merges, stage_messages, stage_rejects
 from waha_pipeline.crm.staging import stage_sessions
-from waha_pipeline.domain.batch import CONTACT_COLUMNS, MESSAGE_COLUMNS, ChunkBatch
+from waha_pipeline.domain.batch import CONTACT_COLUMNS, MESSAGE_COLUMNS, ChunkBatch, ChunkContext
 from waha_pipeline.domain.sessions import assign_sessions
 
 log = logging.getLogger(__name__)
@@ -40,24 +40,16 @@ def commit_chunk(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
     staging.create(conn)
     staging.load(conn, stage_contacts, contact_frame)
     merged, other_channels = _upsert_contacts(conn, ctx.tenant_id)
-    # Sessions of the chunk's contacts (plus stored phone contacts that lid-only chats resolved to) over stored
-    # + new messages, computed BEFORE the insert so new rows are written with their session id once.
+    # The chunk's contacts, plus stored phone contacts that lid-only chats resolved to.
     affected = sorted(set(contact_frame["id"].dropna()) | set(message_frame["contact_id"].dropna()))
     affected_ids = sa.bindparam("affected", affected, type_=UUID_T, expanding=True)
-    stored = _stored_messages(conn, ctx.channel_id, affected_ids)
-    new = message_frame[~message_frame["external_id"].isin(stored["external_id"])]
-    combined = pd.concat([stored[list(_SESSION_INPUT)], new[list(_SESSION_INPUT)]], ignore_index=True)
-    per_row, new_sessions = _assign(combined, ctx.channel_id, settings)
-    _upsert_sessions(conn, ctx.tenant_id, ctx.channel_id, new_sessions)
-    staging.load(conn, stage_messages, new.assign(session_id=per_row.iloc[len(stored):].to_numpy()))
-    inserted = _insert_messages(conn, ctx.tenant_id, ctx.channel_id)
-    if inserted == len(new):
-        _reassign_stored(conn, stored, per_row.iloc[: len(stored)])
-        _delete_stale_sessions(conn, ctx.channel_id, affected_ids)
-        n_sessions = len(new_sessions)
-    else:  # some "new" ids were already stored under a contact outside the chunk: recompute from the rows
-        log.warning("chunk %s: %d messages stored under other contacts", ctx.chunk_key, len(new) - inserted)
-        n_sessions = _recompute_sessions(conn, ctx.tenant_id, ctx.channel_id, affected_ids, settings)
+    if message_frame.empty and not merged and _sessions_follow(conn, ctx.channel_id, settings):
+        # Nothing new for these contacts and their sessions were split with this timeout: they stand as they
+        # are (statuses follow below). A re-import of an unchanged chunk skips reading its whole history.
+        inserted = 0
+        n_sessions = _count_sessions(conn, ctx.channel_id, affected_ids)
+    else:
+        inserted, n_sessions = _resessionize(conn, ctx, message_frame, affected_ids, settings)
     staging.load(conn, stage_rejects, reject_frame)
     _insert_rejects(conn, ctx.tenant_id, ctx.channel_id)
     for channel_id in other_channels:  # a merged lid-only contact also had messages in other channels
@@ -83,6 +75,49 @@ def commit_chunk(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
         rejects=len(reject_frame),
         contacts_merged=merged,
     )
+
+
+def _resessionize(
+    conn: sa.Connection, ctx: ChunkContext, message_frame: pd.DataFrame, affected_ids: ContactIds, settings: _Settings
+) -> tuple[int, int]:
+    """Insert the new messages with their sessions over stored + new messages of the affected contacts.
+
+    Sessions are computed BEFORE the insert so new rows are written with their session id once.
+    Returns (messages inserted, sessions of the affected contacts).
+    """
+    stored = _stored_messages(conn, ctx.channel_id, affected_ids)
+    new = message_frame[~message_frame["external_id"].isin(stored["external_id"])]
+    combined = pd.concat([stored[list(_SESSION_INPUT)], new[list(_SESSION_INPUT)]], ignore_index=True)
+    per_row, new_sessions = _assign(combined, ctx.channel_id, settings)
+    _upsert_sessions(conn, ctx.tenant_id, ctx.channel_id, new_sessions)
+    staging.load(conn, stage_messages, new.assign(session_id=per_row.iloc[len(stored):].to_numpy()))
+    inserted = _insert_messages(conn, ctx.tenant_id, ctx.channel_id)
+    if inserted == len(new):
+        _reassign_stored(conn, stored, per_row.iloc[: len(stored)])
+        _delete_stale_sessions(conn, ctx.channel_id, affected_ids)
+        return inserted, len(new_sessions)
+    # some "new" ids were already stored under a contact outside the chunk: recompute from the rows
+    log.warning("chunk %s: %d messages stored under other contacts", ctx.chunk_key, len(new) - inserted)
+    return inserted, _recompute_sessions(conn, ctx.tenant_id, ctx.channel_id, affected_ids, settings)
+
+
+def _sessions_follow(conn: sa.Connection, channel_id: str, settings: _Settings) -> bool:
+    """Every plan of the channel split sessions with this timeout, so stored sessions already follow it."""
+    other = conn.execute(
+        sa.select(import_plans.c.id)
+        .where(import_plans.c.channel_id == channel_id,
+               import_plans.c.session_timeout_minutes != settings.timeout_minutes)
+        .limit(1)
+    ).first()  # fmt: skip
+    return other is None
+
+
+def _count_sessions(conn: sa.Connection, channel_id: str, contact_ids: ContactIds) -> int:
+    return conn.execute(
+        sa.select(sa.func.count())
+        .select_from(sessions)
+        .where(sessions.c.channel_id == channel_id, sessions.c.contact_id.in_(contact_ids))
+    ).scalar_one()
 
 
 def _effective_settings(conn: sa.Connection, channel_id: str, plan_time: int, timeout: int | None) -> _Settings:

@@ -23,6 +23,7 @@ from waha_pipeline.domain.batch import (
     ChunkBatch,
     ChunkContext,
     conform,
+    empty_frame,
 )
 from waha_pipeline.domain.coverage import Span, missing_ranges
 from waha_pipeline.domain.identity import chat_contact_id, resolve_contacts
@@ -66,7 +67,7 @@ class Assigned:
     contacts: pd.DataFrame
     messages: pd.DataFrame  # ASSIGNED_COLUMNS: the chunk's messages with the session they fall in
     rejects: pd.DataFrame
-    sessions: pd.DataFrame  # sessions of the chunk's contacts over stored + new messages
+    sessions: pd.DataFrame  # of the chunk's contacts over stored + new messages; empty when nothing is new
 
 
 def load_work(store: CrmStore, chunk_key: str) -> ChunkWork:
@@ -151,6 +152,8 @@ def assign(store: CrmStore, work: ChunkWork, resolved: Resolved) -> Assigned:
     """Sessions over stored + new messages of the chunk's contacts, as the commit will recompute them."""
     context = work.context
     new = resolved.messages
+    if new.empty:  # nothing new: no session changes (the commit still refreshes statuses)
+        return Assigned(resolved.contacts, conform(new, ASSIGNED_COLUMNS), resolved.rejects, empty_frame(SESSION_COLUMNS))
     stored = store.stored_messages(context.channel_id, resolved.contacts["id"].tolist())
     cols = ["contact_id", "external_id", "sent_at", "from_me"]
     everything = pd.concat([stored[cols], new[cols]], ignore_index=True)

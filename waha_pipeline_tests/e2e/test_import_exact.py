@@ -70,6 +70,17 @@ def test_session_timeout_flag_applies_to_its_plan(cli_env, small_sim, capsys) ->
     assert_matches(snapshot(url), expected(small_sim, plan))
 
 
+def test_reimport_with_another_timeout_resplits_sessions_though_nothing_is_new(cli_env, small_sim, capsys) -> None:
+    url = cli_env["DATABASE_URL"]
+    assert run_cli(capsys, "import", "demo", "--days", "0")[0] == 0
+    before = snapshot(url)
+    assert run_cli(capsys, "import", "demo", "--days", "0", "--session-timeout-minutes", "720")[0] == 0
+    after = snapshot(url)
+    assert after["ids"]["messages"] == before["ids"]["messages"]
+    assert len(after["sessions"]) < len(before["sessions"]), "a 12-hour timeout must merge some 30-minute sessions"
+    assert_matches(after, expected(small_sim, latest_plan(url)))
+
+
 def test_failed_commit_leaves_no_rows_shows_failed_and_rerun_completes(cli_env, small_sim, capsys) -> None:
     url = cli_env["DATABASE_URL"]
     # Plan once to learn the chunks, then make every commit that touches one chat of chunk 1 fail in the database.
