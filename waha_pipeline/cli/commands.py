@@ -29,6 +29,10 @@ telemetry:
   enabled: false
 nux:
   enabled: false
+# The stock SQLite event log opens a new engine per event; this one keeps them (waha_pipeline/defs/sqlite_event_log.py).
+event_log_storage:
+  module: waha_pipeline.defs.sqlite_event_log
+  class: PooledSqliteEventLogStorage
 """
 
 
@@ -46,7 +50,6 @@ def prepare(settings: Settings) -> dg.DagsterInstance:
 
 def import_channel(settings: Settings, args: argparse.Namespace) -> int:
     asyncio.run(_require_session(settings, args.channel))  # unknown channel: exit 2 before anything is written
-    instance = prepare(settings)
     defs = build_definitions()
     slug = channel_slug(args.channel)
     config = PlanConfig(
@@ -55,11 +58,12 @@ def import_channel(settings: Settings, args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         include_groups=args.include_groups,
     )
-    planned = run_plan(instance, defs, slug, config, settings.require_waha())
-    if not planned.success or planned.plan_id is None:
-        raise PipelineError(f"planning channel {args.channel!r} failed: {planned.error}")
-    print(f"plan {planned.plan_id}: {len(planned.chunk_keys)} chunk(s) for channel {args.channel!r}")
-    run_chunks(instance, defs, slug, planned.chunk_keys, settings.require_waha())
+    with prepare(settings) as instance:
+        planned = run_plan(instance, defs, slug, config, settings.require_waha())
+        if not planned.success or planned.plan_id is None:
+            raise PipelineError(f"planning channel {args.channel!r} failed: {planned.error}")
+        print(f"plan {planned.plan_id}: {len(planned.chunk_keys)} chunk(s) for channel {args.channel!r}")
+        run_chunks(instance, defs, slug, planned.chunk_keys, settings.require_waha())
     return _report(settings, planned.plan_id, args.channel)
 
 
@@ -77,18 +81,18 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def rerun_failed(settings: Settings, args: argparse.Namespace) -> int:
-    instance = prepare(settings)
-    store = CrmStore.from_url(settings.database_url)
-    try:
-        plan_id = _latest_plan_id(store, args.channel)
-        failed = [c.chunk_key for c in store.plan_chunks(plan_id) if c.status == "failed"]
-    finally:
-        store.dispose()
-    if not failed:
-        print(f"channel {args.channel!r}: no failed chunks in plan {plan_id}")
-        return EXIT_OK
-    print(f"re-running {len(failed)} failed chunk(s) of plan {plan_id}")
-    run_chunks(instance, build_definitions(), channel_slug(args.channel), failed, settings.require_waha())
+    with prepare(settings) as instance:
+        store = CrmStore.from_url(settings.database_url)
+        try:
+            plan_id = _latest_plan_id(store, args.channel)
+            failed = [c.chunk_key for c in store.plan_chunks(plan_id) if c.status == "failed"]
+        finally:
+            store.dispose()
+        if not failed:
+            print(f"channel {args.channel!r}: no failed chunks in plan {plan_id}")
+            return EXIT_OK
+        print(f"re-running {len(failed)} failed chunk(s) of plan {plan_id}")
+        run_chunks(instance, build_definitions(), channel_slug(args.channel), failed, settings.require_waha())
     return _report(settings, plan_id, args.channel)
 
 

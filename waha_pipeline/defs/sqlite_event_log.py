@@ -1,0 +1,88 @@
+"""Dagster's SQLite event log with its connections kept open: the embedded instance's storage.
+
+The stock SqliteEventLogStorage builds a new engine and opens, commits and closes a connection per event; closing
+the last connection of a WAL database checkpoints it, and a new engine compiles every statement afresh. That made
+each stored event cost ~25 ms of a 2-core machine, more than a chunk's own work in a small import (bench/). Here an
+engine per shard is kept (a few run shards, least recently used first out), so an event costs a few milliseconds.
+
+Run shards are checkpointed after each write, so `<run_id>.db` changes as before: the webserver's live log view
+watches that file. The deployable instance (dagster.yaml at the project root) uses PostgreSQL and none of this.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from dagster import Field, StringSource
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+from dagster._serdes import ConfigurableClassData
+
+OPEN_RUN_SHARDS = 8
+
+
+class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
+        self._engines: OrderedDict[str, sa.Engine] = OrderedDict()
+        super().__init__(base_dir, inst_data=inst_data)
+
+    @classmethod
+    def config_type(cls) -> dict[str, Any]:
+        return {"base_dir": Field(StringSource, is_required=False)}
+
+    @classmethod
+    def from_config_value(  # type: ignore[override]
+        cls, inst_data: ConfigurableClassData | None, config_value: dict[str, Any]
+    ) -> PooledSqliteEventLogStorage:
+        """`base_dir` defaults to where the stock storage keeps a DAGSTER_HOME's event logs."""
+        base_dir = config_value.get("base_dir") or os.path.join(os.environ["DAGSTER_HOME"], "history", "runs")
+        return cls(base_dir, inst_data=inst_data)
+
+    @contextmanager
+    def _connect(self, shard: str) -> Iterator[sa.Connection]:
+        with self._db_lock:
+            engine = self._engine(shard)
+            with engine.connect() as conn:
+                raw = conn.connection.dbapi_connection
+                changes = raw.total_changes  # type: ignore[union-attr]
+                with conn.begin():
+                    yield conn
+                if shard != INDEX_SHARD_NAME and raw.total_changes != changes:  # type: ignore[union-attr]
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def _engine(self, shard: str) -> sa.Engine:
+        engine = self._engines.get(shard)
+        if engine is not None:
+            self._engines.move_to_end(shard)
+            return engine
+        engine = sa.create_engine(
+            self.conn_string_for_shard(shard),
+            pool_size=1,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
+        )
+        if shard not in self._initialized_dbs:
+            self._initdb(engine)
+            self._initialized_dbs.add(shard)
+        self._engines[shard] = engine
+        run_shards = [s for s in self._engines if s != INDEX_SHARD_NAME]
+        for old in run_shards[: max(0, len(run_shards) - OPEN_RUN_SHARDS)]:
+            self._engines.pop(old).dispose()
+        return engine
+
+    def _dispose_engines(self) -> None:
+        with self._db_lock:
+            while self._engines:
+                self._engines.popitem()[1].dispose()
+
+    def wipe(self) -> None:
+        self._dispose_engines()  # no open handle may outlive an unlinked file
+        super().wipe()
+
+    def dispose(self) -> None:
+        self._dispose_engines()
+        super().dispose()
