@@ -65,6 +65,9 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             pool_size=1,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
         )
+        # WAL + NORMAL: a commit is not fsynced (the checkpoint is); an OS crash may lose the last events, never
+        # corrupt the file. The CRM ledger, not this log, is what an import's outcome is read from.
+        sa.event.listen(engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA synchronous=NORMAL"))
         if shard not in self._initialized_dbs:
             self._initdb(engine)
             self._initialized_dbs.add(shard)
