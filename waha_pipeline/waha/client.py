@@ -40,6 +40,7 @@ from waha_pipeline.waha.breaker import BreakerPolicy, CircuitBreaker, Outcome, P
 from waha_pipeline.waha.limiter import ServerLimiter, shared_limiter
 from waha_pipeline.waha.retry import RetryBudget, RetryPolicy, classify, parse_retry_after, retry_cause
 from waha_pipeline.waha.stats import TALLY, Counters, Recorder, WahaStats
+from waha_pipeline.waha.transport import waha_transport
 
 __all__ = ["KINDS", "Kind", "WahaClient", "WahaStats", "WahaTimeouts"]
 
@@ -165,16 +166,15 @@ class WahaClient:
         # pool of N connections costs O(N) per request; small pools taken in turn keep that cost flat.
         pools = max(1, -(-concurrency // POOL_CONNECTIONS))
         per_pool = -(-concurrency // pools)
+        limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool, keepalive_expiry=30.0)
         self._pools = [
             httpx.AsyncClient(
                 base_url=self.base_url,
                 headers=headers,
                 timeout=self.timeouts.for_kind("sessions"),
-                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool, keepalive_expiry=30.0),
-                transport=transport,
+                transport=transport or waha_transport(limits, _ssl_context()),
                 auth=auth,
                 follow_redirects=False,
-                verify=_ssl_context(),
             )
             for _ in range(pools)
         ]
