@@ -1,7 +1,7 @@
 """What one chunk commits: the frames passed between the stages and into the CRM store.
 
 Frames are columnar (pandas) so that a chunk of many thousand messages costs no per-row Python objects
-downstream of parsing, and so that every stage can be persisted as Parquet and re-read by a later stage.
+downstream of parsing, and so that every stage can be persisted as Arrow files and re-read by a later stage.
 Times are Unix seconds (int64, UTC) until the store converts them to timestamps.
 """
 

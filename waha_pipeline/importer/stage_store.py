@@ -1,6 +1,8 @@
-"""Per-chunk stage outputs as Parquet, so a later stage can be re-executed without fetching from WAHA again.
+"""Per-chunk stage outputs as Arrow IPC files, so a later stage can be re-executed without fetching from WAHA again.
 
-Files live under `<root>/<channel_slug>/<plan_id>/<chunk_key>/<name>.parquet`; a new plan (new window) never
+Arrow IPC (Feather v2, LZ4), not Parquet: these files are written once and read at most once by the same code,
+and for a chunk-sized frame Feather writes ~3x and reads ~6x faster (bench/: ~7 files per chunk).
+Files live under `<root>/<channel_slug>/<plan_id>/<chunk_key>/<name>.arrow`; a new plan (new window) never
 reads an old plan's files, and recording a new plan prunes the channel's older ones. Writes go to a temporary
 name first and are renamed, so a killed process leaves no torn file.
 """
@@ -12,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+from pyarrow import feather
 
 
 class StageStore:
@@ -20,20 +23,20 @@ class StageStore:
 
     def _path(self, plan_id: str, chunk_key: str, name: str) -> Path:
         slug = chunk_key.split(".", 1)[0]
-        return self.root / slug / plan_id / chunk_key / f"{name}.parquet"
+        return self.root / slug / plan_id / chunk_key / f"{name}.arrow"
 
     def write(self, plan_id: str, chunk_key: str, name: str, frame: pd.DataFrame) -> None:
         path = self._path(plan_id, chunk_key, name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        frame.to_parquet(tmp, index=False)
+        feather.write_feather(frame.reset_index(drop=True), tmp, compression="lz4")
         tmp.replace(path)
 
     def read(self, plan_id: str, chunk_key: str, name: str) -> pd.DataFrame | None:
         path = self._path(plan_id, chunk_key, name)
         if not path.exists():
             return None
-        return pd.read_parquet(path)
+        return feather.read_feather(path)
 
     def exists(self, plan_id: str, chunk_key: str, name: str) -> bool:
         return self._path(plan_id, chunk_key, name).exists()

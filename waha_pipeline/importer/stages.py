@@ -1,7 +1,7 @@
 """The five stages of a chunk, as plain functions over frames: what the Dagster assets (and nothing else) run.
 
 raw chat list -> fetched messages -> resolved contacts -> session-assigned batch -> committed rows.
-Each stage reads the previous stage's output, so a stage can be re-run from persisted Parquet alone.
+Each stage reads the previous stage's output, so a stage can be re-run from its persisted Arrow files alone.
 """
 
 from __future__ import annotations
