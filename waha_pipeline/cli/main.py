@@ -78,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _simulate(args, settings)
         if args.command == "demo":
             return _demo()
+        from waha_pipeline.importer.memory import use_lean_allocators
+
+        use_lean_allocators()  # before the first frame is allocated
         from waha_pipeline.cli import commands  # Dagster is imported only by commands that need it
 
         handler = {"import": commands.import_channel, "status": commands.status, "rerun-failed": commands.rerun_failed}

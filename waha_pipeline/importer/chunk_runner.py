@@ -23,6 +23,7 @@ from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.errors import ChunkError, WahaPermanentError, WahaSessionNotFound
 from waha_pipeline.importer import stages
 from waha_pipeline.importer.background_loop import BackgroundLoop
+from waha_pipeline.importer.memory import use_lean_allocators
 from waha_pipeline.importer.stage_plan import STAGES, Action, stage_actions
 from waha_pipeline.importer.stage_store import StageStore
 from waha_pipeline.waha.client import WahaClient, WahaStats
@@ -105,6 +106,7 @@ class ChunkRunner:
         keys = [k for k in chunk_keys if k in works]
         if not keys:
             return
+        use_lean_allocators()
         with BackgroundLoop() as loop:
             client = self.client_factory()
             loop.run(client.__aenter__())
