@@ -107,19 +107,25 @@ async def fetch_messages(
     for chat_id in chats["chat_id"].tolist():
         known = covered.get(chat_id)
         by_ranges.setdefault(tuple(missing_ranges(window, known.span if known else None)), []).append(chat_id)
-    fetched: dict[str, list[dict]] = {}
+    fetched: dict[str, list[str]] = {}
     for ranges, chat_ids in by_ranges.items():
         for gte, lte in ranges:
-            pages = await client.fetch_many(work.waha_session, chat_ids, gte=gte, lte=lte, page_size=page_size)
+            pages = await client.fetch_many(
+                work.waha_session, chat_ids, gte=gte, lte=lte, page_size=page_size, encode=_json_text
+            )
             for chat_id, items in pages.items():
                 fetched.setdefault(chat_id, []).extend(items)
     ids: list[str] = []
     payloads: list[str] = []
     for chat_id in chats["chat_id"].tolist():
-        for raw in fetched.get(chat_id, ()):
-            ids.append(chat_id)
-            payloads.append(orjson.dumps(raw).decode())
+        texts = fetched.pop(chat_id, [])
+        ids.extend([chat_id] * len(texts))
+        payloads.extend(texts)
     return pd.DataFrame({"chat_id": pd.array(ids, dtype="string"), "payload": pd.array(payloads, dtype="string")})
+
+
+def _json_text(item: object) -> str:
+    return orjson.dumps(item).decode()
 
 
 def resolve(store: CrmStore, work: ChunkWork, fetched: pd.DataFrame) -> Resolved:

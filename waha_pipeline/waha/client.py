@@ -259,31 +259,36 @@ class WahaClient:
     # -- messages ---------------------------------------------------------------------------------------------
 
     async def fetch_messages(
-        self, session: str, chat_id: str, *, gte: int | None, lte: int, page_size: int = 500
-    ) -> list[dict[str, Any]]:
+        self, session: str, chat_id: str, *, gte: int | None, lte: int, page_size: int = 500,
+        encode: Callable[[Any], Any] | None = None,
+    ) -> list[Any]:
         """Every message of one chat with `gte <= timestamp <= lte` (gte None = no lower bound), oldest first.
 
-        Raw dicts, unchanged. Deduplicated by `id` (first wins); items without a usable id are kept in order so
-        the domain can reject them. A page that times out is re-requested at the same offset with half the
-        limit (down to `min_page_size`), and the smaller limit is kept for the rest of the chat.
+        Raw dicts, unchanged, or `encode(item)` of each as its page arrives (e.g. its JSON text: a parsed page is
+        several times the size of its text, and a big chat's pages need not all stay parsed in memory).
+        Deduplicated by `id` (first wins); items without a usable id are kept in order so the domain can reject
+        them. A page that times out is re-requested at the same offset with half the limit (down to
+        `min_page_size`), and the smaller limit is kept for the rest of the chat.
         """
         path = f"/api/{quote(session, safe='')}/chats/{quote(chat_id, safe='')}/messages"
         base: dict[str, str] = {"downloadMedia": "false", "sortBy": "timestamp", "sortOrder": "asc"}
         if gte is not None:
             base["filter.timestamp.gte"] = str(int(gte))
         base["filter.timestamp.lte"] = str(int(lte))
-        return await self._page_all("messages", path, base, session, page_size, message_id_of, shrink=True)
+        return await self._page_all("messages", path, base, session, page_size, message_id_of, shrink=True,
+                                    encode=encode)
 
     async def fetch_many(
-        self, session: str, chat_ids: Iterable[str], *, gte: int | None, lte: int, page_size: int = 500
-    ) -> dict[str, list[dict[str, Any]]]:
+        self, session: str, chat_ids: Iterable[str], *, gte: int | None, lte: int, page_size: int = 500,
+        encode: Callable[[Any], Any] | None = None,
+    ) -> dict[str, list[Any]]:
         """`fetch_messages` for several chats concurrently (requests bounded by the server's limiter).
 
         The first failure cancels the other chats and is raised; the result is keyed in input order.
         """
         ids = list(dict.fromkeys(chat_ids))
         tasks = [
-            asyncio.ensure_future(self.fetch_messages(session, c, gte=gte, lte=lte, page_size=page_size))
+            asyncio.ensure_future(self.fetch_messages(session, c, gte=gte, lte=lte, page_size=page_size, encode=encode))
             for c in ids
         ]
         try:
@@ -307,6 +312,7 @@ class WahaClient:
         key: Callable[[Any], str | None],
         *,
         shrink: bool = False,
+        encode: Callable[[Any], Any] | None = None,
     ) -> list[Any]:
         """Offset paging: `offset += limit` until an empty page; dedupe by `key` keeping the first occurrence."""
         if page_size < 1:
@@ -330,12 +336,10 @@ class WahaClient:
             added = 0
             for item in page:
                 item_key = key(item)
-                if item_key is None:
-                    items.append(item)
-                    added += 1
-                elif item_key not in seen:
-                    seen.add(item_key)
-                    items.append(item)
+                if item_key is None or item_key not in seen:
+                    if item_key is not None:
+                        seen.add(item_key)
+                    items.append(item if encode is None else encode(item))
                     added += 1
             stale = stale + 1 if added == 0 else 0
             if stale >= STALE_PAGES_LIMIT:

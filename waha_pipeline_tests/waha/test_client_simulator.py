@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 import pytest
 
 from waha_pipeline.errors import WahaPermanentError, WahaSessionNotFound, WahaSessionNotReady
@@ -118,6 +119,13 @@ async def test_duplicated_ids_are_collapsed(small_sim: Any, small_session: SimSe
         for chat in dup_chats:
             got = await waha.fetch_messages("demo", chat.id, gte=None, lte=ANCHOR, page_size=2)
             assert got == expected_messages(chat, None, ANCHOR)
+
+
+async def test_encoded_items_are_the_same_messages_deduplicated(small_sim: Any, small_session: SimSession) -> None:
+    async with client(small_sim) as waha:
+        for chat in busiest(small_session, 3):
+            got = await waha.fetch_messages("demo", chat.id, gte=None, lte=ANCHOR, page_size=3, encode=orjson.dumps)
+            assert [orjson.loads(text) for text in got] == expected_messages(chat, None, ANCHOR), chat.id
 
 
 async def test_bounds_are_inclusive(small_sim: Any, small_session: SimSession) -> None:
