@@ -140,7 +140,8 @@ def _effective_settings(conn: sa.Connection, channel_id: str, plan_time: int, ti
 def _prepare(conn: sa.Connection, tenant_id: str, batch: ChunkBatch) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Dedupe the frames and point lid-only contacts whose lid a phone contact carries at that contact."""
     frame = batch.contacts.loc[:, list(CONTACT_COLUMNS)].astype(CONTACT_COLUMNS)
-    frame = frame.groupby("id", sort=False, dropna=False).last().reset_index()  # last non-null per column
+    if not frame["id"].is_unique:
+        frame = frame.groupby("id", sort=False, dropna=False).last().reset_index()  # last non-null per column
     msgs = batch.messages.drop_duplicates("external_id", keep="first") if len(batch.messages) else batch.messages
     msgs = msgs.astype({k: v for k, v in MESSAGE_COLUMNS.items() if k in msgs.columns})
 

@@ -2,16 +2,19 @@
 
 A chunk's frames are loaded into TEMP tables once, and every write to the CRM tables is then one set-based
 `INSERT ... SELECT` / `UPDATE ... FROM` against them: no per-row round trips, no SELECT-then-INSERT dedup.
-On PostgreSQL the tables are `ON COMMIT DROP`; on SQLite they are dropped and re-created per chunk.
+On PostgreSQL the tables live as long as the connection and are `ON COMMIT DELETE ROWS` (creating six tables per
+chunk cost ~20 ms of catalog writes); on SQLite they are dropped and re-created per chunk.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.schema import CreateTable
 
 from waha_pipeline.crm.schema import UUID_T
 
@@ -19,7 +22,7 @@ _meta = sa.MetaData()
 
 
 def _temp(name: str, *columns: sa.Column[Any]) -> sa.Table:
-    return sa.Table(name, _meta, *columns, prefixes=["TEMPORARY"], postgresql_on_commit="DROP")
+    return sa.Table(name, _meta, *columns, prefixes=["TEMPORARY"], postgresql_on_commit="DELETE ROWS")
 
 
 stage_contacts = _temp(
@@ -83,15 +86,23 @@ ALL = (stage_contacts, stage_merges, stage_messages, stage_rejects, stage_sessio
 
 
 def create(conn: sa.Connection) -> None:
-    """Create every staging table inside the current transaction."""
+    """Make every staging table exist, empty, inside the current transaction."""
+    if conn.dialect.name == "postgresql":
+        # One round trip; after a connection's first chunk the tables exist and this only checks the catalog.
+        conn.exec_driver_sql(_postgres_ddl(conn.dialect))
+        return
     for table in ALL:
-        if conn.dialect.name == "sqlite":
-            table.drop(conn, checkfirst=True)  # left over only if a connection was reused after a crash
+        table.drop(conn, checkfirst=True)  # left over only if a connection was reused after a crash
         table.create(conn)
 
 
+@functools.cache
+def _postgres_ddl(dialect: sa.Dialect) -> str:
+    return ";\n".join(str(CreateTable(t, if_not_exists=True).compile(dialect=dialect)).strip() for t in ALL)
+
+
 def drop(conn: sa.Connection) -> None:
-    """SQLite keeps TEMP tables for the connection's life; PostgreSQL drops them at commit by itself."""
+    """SQLite keeps TEMP tables for the connection's life; PostgreSQL empties them at commit by itself."""
     if conn.dialect.name == "sqlite":
         for table in ALL:
             table.drop(conn, checkfirst=True)
