@@ -44,6 +44,22 @@ def _chat_name(chats: Sequence[PlannedChat]) -> str | None:
     return named[0].name if named else None
 
 
+def _members(tenant_id: str, chats: Sequence[PlannedChat]) -> dict[str, list[PlannedChat]]:
+    members: dict[str, list[PlannedChat]] = {}
+    for chat in chats:
+        members.setdefault(chat_contact_id(tenant_id, chat), []).append(chat)
+    return members
+
+
+def named_by_push(tenant_id: str, chats: Sequence[PlannedChat]) -> set[str]:
+    """Contacts whose name can only come from a push name: no chat of theirs has a real name and none is a group.
+    Only theirs need the stored push names (a query over their whole history)."""
+    return {
+        cid for cid, group in _members(tenant_id, chats).items()
+        if _chat_name(group) is None and not any(c.group_id for c in group)
+    }
+
+
 def _latest_push_names(messages: pd.DataFrame, stored: pd.DataFrame | None = None) -> dict[str, str]:
     """contact_id -> push name of its latest inbound message that has one, ordered by (sent_at, external_id).
 
@@ -84,12 +100,8 @@ def resolve_contacts(
     to its participants, so a group is never named after one of them. A message whose chat is not among
     `chats` is a caller bug and raises ValueError rather than producing an orphan row.
     """
-    members: dict[str, list[PlannedChat]] = {}
-    contact_of_chat: dict[str, str] = {}
-    for chat in chats:
-        cid = chat_contact_id(tenant_id, chat)
-        contact_of_chat[chat.chat_id] = cid
-        members.setdefault(cid, []).append(chat)
+    members = _members(tenant_id, chats)
+    contact_of_chat = {chat.chat_id: cid for cid, group in members.items() for chat in group}
 
     out = messages.copy()
     mapped = out["chat_id"].map(contact_of_chat)

@@ -6,7 +6,6 @@ Each stage reads the previous stage's output, so a stage can be re-run from its 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ from waha_pipeline.domain.batch import (
     empty_frame,
 )
 from waha_pipeline.domain.coverage import Span, missing_ranges
-from waha_pipeline.domain.identity import chat_contact_id, resolve_contacts
+from waha_pipeline.domain.identity import named_by_push, resolve_contacts
 from waha_pipeline.domain.messages import map_messages
 from waha_pipeline.domain.planning import PlannedChat
 from waha_pipeline.domain.sessions import assign_sessions
@@ -91,7 +90,7 @@ def load_work(store: CrmStore, chunk_key: str) -> ChunkWork:
 
 
 def raw_chat_list(work: ChunkWork) -> pd.DataFrame:
-    return conform(pd.DataFrame([dataclasses.asdict(c) for c in work.chats]), CHAT_COLUMNS)
+    return conform(pd.DataFrame({name: [getattr(c, name) for c in work.chats] for name in CHAT_COLUMNS}), CHAT_COLUMNS)
 
 
 async def fetch_messages(
@@ -138,13 +137,12 @@ def resolve(store: CrmStore, work: ChunkWork, fetched: pd.DataFrame) -> Resolved
         window_end=context.window_end,
     )
     covered = store.chat_coverage(context.channel_id, [c.chat_id for c in work.chats])
-    contact_ids = {chat_contact_id(context.tenant_id, c) for c in work.chats}
     contacts, messages = resolve_contacts(
         work.chats,
         messages,
         tenant_id=context.tenant_id,
         stored_chats={chat for chat, known in covered.items() if known.has_messages},
-        stored_push_names=store.latest_push_names(context.channel_id, contact_ids),
+        stored_push_names=store.latest_push_names(context.channel_id, named_by_push(context.tenant_id, work.chats)),
     )
     return Resolved(
         contacts=conform(contacts, CONTACT_COLUMNS),
