@@ -22,7 +22,7 @@ from waha_pipeline.waha.client import WahaClient
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
-_DEFAULT_INSTANCE_YAML = """\
+DEFAULT_INSTANCE_YAML = """\
 # Embedded single-machine instance (SQLite storage), created by waha-pipeline on first use.
 # The deployable PostgreSQL configuration is the project's root dagster.yaml.
 telemetry:
@@ -42,7 +42,7 @@ def prepare(settings: Settings) -> dg.DagsterInstance:
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text(_DEFAULT_INSTANCE_YAML)
+        config.write_text(DEFAULT_INSTANCE_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
     upgrade(settings.database_url)
     return dg.DagsterInstance.get()

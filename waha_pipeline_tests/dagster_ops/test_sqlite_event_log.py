@@ -15,7 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from waha_pipeline.cli.commands import _DEFAULT_INSTANCE_YAML
+from waha_pipeline.cli.commands import DEFAULT_INSTANCE_YAML
 from waha_pipeline.defs.sqlite_event_log import OPEN_RUN_SHARDS, PooledSqliteEventLogStorage
 
 PARTITIONS = 40
@@ -34,7 +34,7 @@ def partitions_job() -> None:
 
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    (tmp_path / "dagster.yaml").write_text(_DEFAULT_INSTANCE_YAML)
+    (tmp_path / "dagster.yaml").write_text(DEFAULT_INSTANCE_YAML)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     return tmp_path
 
