@@ -63,6 +63,7 @@ class ChunkFailed:
 @dataclass
 class _Fetch:
     future: Future[tuple[pd.DataFrame, WahaStats]]
+    covered: dict[str, Coverage]  # what the CRM held when the fetch was planned; resolve reuses it
     started: float = field(default_factory=time.monotonic)
 
 
@@ -132,7 +133,7 @@ class ChunkRunner:
                 key = to_fetch.pop(0)
                 work = works[key]
                 covered = self.store.chat_coverage(work.context.channel_id, [c.chat_id for c in work.chats])
-                fetches[key] = _Fetch(loop.submit(self._fetch(client, work, covered)))
+                fetches[key] = _Fetch(loop.submit(self._fetch(client, work, covered)), covered)
 
         for key in keys:
             top_up()
@@ -205,7 +206,7 @@ class ChunkRunner:
             resolved = self._read_resolved(plan_id, key)
         elif plan[stage] is not Action.SKIP:
             assert fetched is not None
-            resolved = stages.resolve(self.store, work, fetched)
+            resolved = stages.resolve(self.store, work, fetched, fetch.covered if fetch else None)
             for name in ("contacts", "messages", "rejects"):
                 self.stage_store.write(plan_id, key, name, getattr(resolved, name))
             if plan[stage] is Action.EMIT:

@@ -127,8 +127,11 @@ def _json_text(item: object) -> str:
     return orjson.dumps(item).decode()
 
 
-def resolve(store: CrmStore, work: ChunkWork, fetched: pd.DataFrame) -> Resolved:
-    """Map and validate the messages and resolve contacts, knowing what the CRM already holds of these chats."""
+def resolve(
+    store: CrmStore, work: ChunkWork, fetched: pd.DataFrame, covered: Mapping[str, Coverage] | None = None
+) -> Resolved:
+    """Map and validate the messages and resolve contacts, knowing what the CRM already holds of these chats
+    (`covered`: the coverage the fetch was planned from, else read now)."""
     context = work.context
     messages, rejects, dropped = map_messages(
         fetched,
@@ -136,7 +139,8 @@ def resolve(store: CrmStore, work: ChunkWork, fetched: pd.DataFrame) -> Resolved
         window_start=context.window_start,
         window_end=context.window_end,
     )
-    covered = store.chat_coverage(context.channel_id, [c.chat_id for c in work.chats])
+    if covered is None:
+        covered = store.chat_coverage(context.channel_id, [c.chat_id for c in work.chats])
     contacts, messages = resolve_contacts(
         work.chats,
         messages,
