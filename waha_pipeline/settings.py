@@ -30,6 +30,7 @@ class Settings:
     tenant_id: str = DEFAULT_TENANT
     waha_concurrency: int = 32
     waha_page_size: int = 500
+    import_workers: int = 2
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -42,7 +43,13 @@ class Settings:
             tenant_id=_tenant(env.get("WAHA_TENANT_ID")),
             waha_concurrency=_positive_int(env, "WAHA_CONCURRENCY", 32),
             waha_page_size=_positive_int(env, "WAHA_PAGE_SIZE", 500),
+            import_workers=_positive_int(env, "IMPORT_WORKERS", 2),
         )
+
+    @property
+    def chunk_workers(self) -> int:
+        """Worker processes for chunk work: several only with a PostgreSQL CRM (SQLite takes one writer at a time)."""
+        return self.import_workers if make_url(self.database_url).get_backend_name() == "postgresql" else 1
 
     def require_waha(self) -> str:
         if not self.waha_base_url:

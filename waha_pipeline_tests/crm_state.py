@@ -85,15 +85,15 @@ def latest_plan(url: str) -> dict[str, Any]:
                 "select id, plan_time, window_start, window_end, session_timeout_minutes from import_plans "
                 "order by plan_time desc, created_at desc limit 1")).one()
             chunks = conn.execute(sa.text(
-                "select chunk_key, status, chat_ids, last_error from import_chunks where plan_id = :p order by chunk_key"),
+                "select chunk_key, status, chat_ids, last_error, attempts from import_chunks where plan_id = :p order by chunk_key"),
                 {"p": row.id}).all()
     finally:
         engine.dispose()
     return {
         "id": str(row.id), "plan_time": _ts(row.plan_time), "window_start": _ts(row.window_start),
         "window_end": _ts(row.window_end), "timeout": row.session_timeout_minutes,
-        "chunks": [{"key": c.chunk_key, "status": c.status, "chat_ids": c.chat_ids, "last_error": c.last_error}
-                   for c in chunks],
+        "chunks": [{"key": c.chunk_key, "status": c.status, "chat_ids": c.chat_ids, "last_error": c.last_error,
+                    "attempts": c.attempts} for c in chunks],
     }
 
 

@@ -80,7 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo()
         from waha_pipeline.importer.memory import use_lean_allocators
 
-        use_lean_allocators()  # before the first frame is allocated
+        use_lean_allocators()  # before the first frame is allocated (and before the fork server starts)
+        if args.command != "status" and settings.chunk_workers > 1:
+            from waha_pipeline.importer.worker_server import warm_up
+
+            warm_up()
         from waha_pipeline.cli import commands  # Dagster is imported only by commands that need it
 
         handler = {"import": commands.import_channel, "status": commands.status, "rerun-failed": commands.rerun_failed}

@@ -32,6 +32,7 @@ class _Settings:
 
 def commit_chunk(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
     ctx = batch.context
+    ledger.lock_channel(conn, ctx.channel_id)
     ledger.lock_chunk(conn, ctx.plan_id, ctx.chunk_key)
     settings = _effective_settings(conn, ctx.channel_id, ctx.plan_time, ctx.session_timeout_minutes)
     contact_frame, message_frame = _prepare(conn, ctx.tenant_id, batch)

@@ -18,6 +18,7 @@ from waha_pipeline.domain.planning import ChannelPlan, PlannedChat
 from waha_pipeline.errors import ChunkError
 
 LAST_ERROR_MAX = 500
+_CHANNEL_LOCK_NAMESPACE = 0x57414841  # "WAHA": first key of the two-key advisory lock; the second is the channel
 
 
 def record_plan(conn: sa.Connection, tenant_id: str, channel_id: str, plan: ChannelPlan, plan_id: str) -> None:
@@ -127,6 +128,16 @@ def mark_chunk_committed(conn: sa.Connection, plan_id: str, chunk_key: str, coun
         .where(*_chunk_pk(plan_id, chunk_key))
         .values(status="committed", last_error=None, committed_at=sa.func.now(), updated_at=sa.func.now(), **counts)
     )
+
+
+def lock_channel(conn: sa.Connection, channel_id: str) -> None:
+    """Hold the channel's commit lock until the transaction ends: chunks of one channel may be worked on by several
+    processes, but their commits (which re-split sessions and set channel-wide statuses) happen one at a time, so
+    they cannot deadlock on each other's rows and each sees the previous one complete (PostgreSQL; SQLite
+    serializes writers by itself)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:ns, hashtext(:channel))"),
+                     {"ns": _CHANNEL_LOCK_NAMESPACE, "channel": channel_id})
 
 
 def lock_chunk(conn: sa.Connection, plan_id: str, chunk_key: str) -> str:

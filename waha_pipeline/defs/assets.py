@@ -8,6 +8,7 @@ Failed: events are logged per chunk, and the step raises at the end if any chunk
 
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 
@@ -18,6 +19,7 @@ from waha_pipeline.defs.resources import CrmResource, WahaResource
 from waha_pipeline.importer.chunk_runner import ChunkFailed, ChunkRunner
 from waha_pipeline.importer.planner import PlanRequest, find_session, plan_and_record
 from waha_pipeline.importer.stage_plan import STAGES
+from waha_pipeline.importer.workers import run_in_workers
 
 GROUP = "waha_import"
 MAX_CHUNKS_PER_RUN = 50
@@ -102,15 +104,23 @@ def channel_plan(context: dg.AssetExecutionContext, config: PlanConfig, waha: Wa
 def chunk_import(context: dg.AssetExecutionContext, waha: WahaResource, crm: CrmResource) -> Iterator[dg.AssetMaterialization]:
     """Re-running is safe: every write is an idempotent upsert and sessions are recomputed, never appended."""
     selected = {key.path[-1] for key in context.selected_asset_keys}
-    runner = ChunkRunner(
-        crm.store,
-        crm.stages(),
-        waha.client,
-        page_size=waha.resolved_page_size(),
-        fetch_deadline_seconds=waha.chunk_deadline_seconds,
-    )
+    keys, skip_committed = list(context.partition_keys), context.retry_number > 0
+    workers = min(dataclasses.replace(waha.settings(), database_url=crm.url()).chunk_workers, len(keys))
+    if workers > 1:
+        events = run_in_workers(
+            waha.runner_spec(crm, workers), crm.store, keys, selected, workers=workers, skip_committed=skip_committed
+        )
+    else:
+        runner = ChunkRunner(
+            crm.store,
+            crm.stages(),
+            waha.client,
+            page_size=waha.resolved_page_size(),
+            fetch_deadline_seconds=waha.chunk_deadline_seconds,
+        )
+        events = runner.run(keys, selected, skip_committed=skip_committed)
     failures: list[ChunkFailed] = []
-    for event in runner.run(list(context.partition_keys), selected, skip_committed=context.retry_number > 0):
+    for event in events:
         if isinstance(event, ChunkFailed):
             failures.append(event)
             context.log.error(f"chunk {event.chunk_key} failed at {event.stage}: {event.reason}")

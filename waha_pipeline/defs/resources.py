@@ -11,6 +11,7 @@ from pydantic import PrivateAttr
 from waha_pipeline.crm.migrate import upgrade
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.importer.stage_store import StageStore
+from waha_pipeline.importer.workers import RunnerSpec
 from waha_pipeline.settings import Settings
 from waha_pipeline.waha.client import WahaClient
 
@@ -40,6 +41,19 @@ class WahaResource(dg.ConfigurableResource):
             concurrency=self.concurrency or settings.waha_concurrency,
         )
 
+    def runner_spec(self, crm: CrmResource, workers: int) -> RunnerSpec:
+        """What each of `workers` chunk worker processes needs; they share this server's concurrency."""
+        settings = self.settings()
+        return RunnerSpec(
+            database_url=crm.url(),
+            stage_root=str(crm.stages().root),
+            waha_base_url=self.base_url or settings.require_waha(),
+            waha_api_key=settings.waha_api_key,
+            waha_concurrency=max(1, (self.concurrency or settings.waha_concurrency) // workers),
+            page_size=self.resolved_page_size(),
+            fetch_deadline_seconds=self.chunk_deadline_seconds,
+        )
+
 
 class CrmResource(dg.ConfigurableResource):
     """The CRM database (DATABASE_URL) and the per-chunk stage files kept next to the Dagster instance."""
@@ -49,8 +63,11 @@ class CrmResource(dg.ConfigurableResource):
 
     _store: CrmStore | None = PrivateAttr(default=None)
 
+    def url(self) -> str:
+        return self.database_url or Settings.from_env().database_url
+
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        url = self.database_url or Settings.from_env().database_url
+        url = self.url()
         upgrade(url)  # a no-op at head; keeps a fresh CRM usable from the UI and sensors alike
         self._store = CrmStore.from_url(url)
 

@@ -1,0 +1,199 @@
+"""A run's chunks spread over worker processes, so chunk work uses every core instead of the one the GIL allows.
+
+Each worker runs an ordinary ChunkRunner over its share of the chunks (every n-th chunk, so the large and small
+ones spread evenly) and streams its events back; the parent yields them as they arrive, so the Dagster step still
+logs one event per (stage, chunk). Commits of one channel take a channel lock (crm/commit.py), so they happen one
+at a time as in a single process; only fetching, parsing and session assignment overlap.
+
+Workers are forked by a fork server that has imported this module once (importer/worker_server.py), so they start
+in milliseconds and never inherit the threads of a Dagster process; they get everything they need as plain values. A worker exits as soon as its parent is gone (it watches a pipe only the
+parent holds open), so a killed import leaves no process committing behind its back; a worker that dies fails its
+unfinished chunks, transiently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+
+from waha_pipeline.crm.store import CrmStore
+from waha_pipeline.importer.chunk_runner import ChunkFailed, ChunkRunner, StageDone
+from waha_pipeline.importer.stage_plan import STAGES
+from waha_pipeline.importer.stage_store import StageStore
+from waha_pipeline.importer.worker_server import CONTEXT
+from waha_pipeline.waha.client import WahaClient
+
+logger = logging.getLogger(__name__)
+
+STOP_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """What a worker needs to build its ChunkRunner. Secrets stay out of repr (and so out of any error text)."""
+
+    database_url: str = field(repr=False)
+    stage_root: str
+    waha_base_url: str = field(repr=False)
+    waha_api_key: str | None = field(repr=False)
+    waha_concurrency: int
+    page_size: int
+    fetch_deadline_seconds: float
+
+    def runner(self) -> ChunkRunner:
+        return ChunkRunner(
+            CrmStore.from_url(self.database_url),
+            StageStore(self.stage_root),
+            self.client,
+            page_size=self.page_size,
+            fetch_deadline_seconds=self.fetch_deadline_seconds,
+        )
+
+    def client(self) -> WahaClient:
+        return WahaClient(self.waha_base_url, api_key=self.waha_api_key, concurrency=self.waha_concurrency)
+
+
+class ChunkWorkerError(RuntimeError):
+    """A worker failed outside any one chunk (e.g. the CRM was unreachable); the step fails and is retried."""
+
+
+@dataclass(frozen=True)
+class _Done:
+    pass
+
+
+@dataclass(frozen=True)
+class _Crashed:
+    reason: str
+
+
+@dataclass
+class _Worker:
+    process: BaseProcess
+    events: Connection
+    lifeline: Connection  # never written; closing it (or dying) tells the worker to stop
+    keys: list[str]
+    reached: dict[str, str] = field(default_factory=dict)  # chunk -> last stage it completed
+    ended: set[str] = field(default_factory=set)
+    finished: bool = False  # it said it was done (or crashed): let it exit on its own
+
+    def track(self, event: StageDone | ChunkFailed, final_stage: str) -> None:
+        if isinstance(event, ChunkFailed) or event.stage == final_stage:
+            self.ended.add(event.chunk_key)
+        else:
+            self.reached[event.chunk_key] = event.stage
+
+    def lost(self) -> list[ChunkFailed]:
+        """The chunks a dead worker left unfinished, failed at the stage after the last one it reported."""
+        self.process.join(STOP_SECONDS)
+        reason = f"chunk worker process {self.process.pid} exited (code {self.process.exitcode}) before finishing"
+        failed = []
+        for key in self.keys:
+            if key not in self.ended:
+                done = self.reached.get(key)
+                stage = STAGES[STAGES.index(done) + 1] if done else STAGES[0]
+                failed.append(ChunkFailed(key, stage, reason, permanent=False))
+        return failed
+
+    def stop(self) -> None:
+        if self.finished:
+            self.process.join(STOP_SECONDS)
+        self.lifeline.close()
+        self.events.close()
+        self.process.join(STOP_SECONDS)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(STOP_SECONDS)
+
+
+def run_in_workers(
+    spec: RunnerSpec,
+    store: CrmStore,
+    chunk_keys: list[str],
+    selected: set[str],
+    *,
+    workers: int,
+    skip_committed: bool = False,
+) -> Iterator[StageDone | ChunkFailed]:
+    """Like ChunkRunner.run over `chunk_keys`, on `workers` processes. `store` marks a dead worker's chunks failed."""
+    final_stage = [s for s in STAGES if s in selected][-1]
+    shares = [chunk_keys[i::workers] for i in range(workers)]
+    started = [_start(spec, share, selected, skip_committed) for share in shares if share]
+    crashes: list[str] = []
+    try:
+        live = {w.events: w for w in started}
+        while live:
+            for conn in wait(list(live)):
+                worker = live[conn]
+                try:
+                    message = conn.recv()
+                except EOFError:
+                    del live[conn]
+                    for failure in worker.lost():
+                        logger.warning("chunk %s failed: %s", failure.chunk_key, failure.reason)
+                        if final_stage == "committed_rows":
+                            _mark_failed(store, failure)
+                        yield failure
+                    continue
+                if isinstance(message, (_Done, _Crashed)):
+                    del live[conn]
+                    worker.finished = True
+                    if isinstance(message, _Crashed):
+                        crashes.append(message.reason)
+                    continue
+                worker.track(message, final_stage)
+                yield message
+    finally:
+        for worker in started:
+            worker.stop()
+    if crashes:
+        raise ChunkWorkerError("; ".join(crashes))
+
+
+def _start(spec: RunnerSpec, keys: list[str], selected: set[str], skip_committed: bool) -> _Worker:
+    events_out, events_in = CONTEXT.Pipe(duplex=False)
+    lifeline_out, lifeline_in = CONTEXT.Pipe(duplex=False)
+    process = CONTEXT.Process(
+        target=_work,
+        args=(spec, keys, selected, skip_committed, events_in, lifeline_out),
+        name=f"chunk-worker-{keys[0]}",
+        daemon=True,
+    )
+    process.start()
+    events_in.close()  # the worker holds the only other ends: EOF on `events_out` means it is gone
+    lifeline_out.close()
+    return _Worker(process, events_out, lifeline_in, keys)
+
+
+def _mark_failed(store: CrmStore, failure: ChunkFailed) -> None:
+    found = store.latest_chunk(failure.chunk_key)
+    if found is not None:  # a chunk the worker had committed keeps its status (mark_chunk_failed)
+        store.mark_chunk_failed(found[0].id, failure.chunk_key, failure.reason)
+
+
+def _work(
+    spec: RunnerSpec, keys: list[str], selected: set[str], skip_committed: bool, events: Connection, lifeline: Connection
+) -> None:
+    threading.Thread(target=_exit_with_parent, args=(lifeline,), name="parent-watch", daemon=True).start()
+    runner = spec.runner()
+    try:
+        for event in runner.run(keys, selected, skip_committed=skip_committed):
+            events.send(event)
+        events.send(_Done())
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the step with it
+        events.send(_Crashed(f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"))
+    finally:
+        runner.store.dispose()
+
+
+def _exit_with_parent(lifeline: Connection) -> None:
+    try:
+        lifeline.recv()
+    except (EOFError, OSError):
+        pass
+    os._exit(1)  # an open transaction is rolled back by PostgreSQL when the connection drops

@@ -1,0 +1,123 @@
+"""Chunk work on several worker processes (importer/workers.py): a worker that dies costs only its unfinished
+chunks (the step retry redoes them), and workers never outlive the import that started them.
+
+Real processes, a real simulator over HTTP and PostgreSQL; workers are killed with SIGKILL, nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+import pytest
+
+from waha_pipeline.simulator import DatasetSpec, Faults, run_in_thread
+from waha_pipeline_tests.crm_state import assert_matches, latest_plan, snapshot
+from waha_pipeline_tests.e2e.cli_run import cli, expected
+
+SPEC = DatasetSpec(seed=5, chats=240, target_messages=1500)
+
+
+@pytest.fixture
+def sim(anchor: int) -> Iterator[Any]:
+    with run_in_thread(SPEC, anchor=anchor) as handle:
+        handle.set_faults(Faults(latency_ms=15))  # slow enough that a worker can be killed with chunks to go
+        yield handle
+
+
+def committed(url: str) -> int:
+    try:
+        return sum(c["status"] == "committed" for c in latest_plan(url)["chunks"])
+    except Exception:  # noqa: BLE001 - the schema or the plan may not exist yet
+        return 0
+
+
+def grandchildren(pid: int) -> set[int]:
+    """Processes two levels below `pid`, from /proc: the workers (children of the fork server, a child of the import)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    children = {child for child, parent in parents.items() if parent == pid}
+    return {child for child, parent in parents.items() if parent in children}
+
+
+def running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_worker_costs_only_its_unfinished_chunks(env, sim, capsys) -> None:
+    url = env["DATABASE_URL"]
+    killed: list[tuple[str, int]] = []
+
+    def kill_one_worker() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            workers = [p for p in mp.active_children() if p.name.startswith("chunk-worker-")]
+            if len(workers) == 2 and committed(url) >= 2:
+                os.kill(workers[0].pid, signal.SIGKILL)
+                killed.append((workers[0].name, workers[0].pid))
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_worker, daemon=True)
+    killer.start()
+    code, out, err = cli(capsys, "import", "demo", "--days", "0", "--chunk-size", "10")
+    killer.join(timeout=5)
+
+    assert killed, "no worker was killed: the import finished first or ran without workers"
+    assert code == 0, out + err  # the step retry redid what the dead worker left
+    assert_matches(snapshot(url), expected(sim, url))
+    keys = [c["key"] for c in latest_plan(url)["chunks"]]
+    instance = dg.DagsterInstance.get()
+    [run] = instance.get_runs(filters=dg.RunsFilter(job_name="chunk_import_job"))
+    lost = {
+        entry.user_message.split()[1]
+        for entry in instance.all_logs(run.run_id)
+        if f"chunk worker process {killed[0][1]} exited (code -9)" in entry.user_message
+    }
+    # Only the dead worker's share (every second chunk, from the one it is named after) failed; the step retry
+    # redid exactly those, and the other worker's chunks never failed.
+    share = keys[keys.index(killed[0][0].removeprefix("chunk-worker-")) % 2 :: 2]
+    assert lost and lost <= set(share), (lost, share)
+    assert not [e for e in instance.all_logs(run.run_id) if " failed at " in e.user_message
+                and e.user_message.split()[1] not in share]
+
+
+def test_workers_do_not_outlive_a_killed_import(env, sim) -> None:
+    """Killed while every worker waits on WAHA: they go at once, not when their next event finds the pipe closed."""
+    sim.set_faults(Faults(hang_rate=1.0, hang_s=20, only_kinds=("messages",)))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "waha_pipeline.cli.main", "import", "demo", "--days", "0", "--chunk-size", "10"],
+        env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        workers: set[int] = set()
+        while time.monotonic() < deadline and len(workers) < 2 and process.poll() is None:
+            time.sleep(0.2)
+            workers = grandchildren(process.pid)
+        assert len(workers) == 2, f"expected two workers below the import's fork server, found {workers}"
+        time.sleep(1.0)  # the workers are now waiting on their first message pages
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    killed_at = time.monotonic()
+    while time.monotonic() - killed_at < 3.0 and any(running(pid) for pid in workers):
+        time.sleep(0.05)
+    assert not [pid for pid in workers if running(pid)], "worker processes outlived the import"
