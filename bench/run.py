@@ -245,6 +245,76 @@ class PgCpuMonitor:
         }
 
 
+class TreeMonitor:
+    """The import's descendants (the chunk workers' fork server, the workers, multiprocessing's resource tracker).
+
+    They are not reaped by the import process (the fork server reaps the workers and outlives the import by a few
+    ms), so `wait4` of the import does not include their CPU: each one's own utime+stime is sampled every
+    `interval` s and its last value kept (a worker's last < interval s is missed). Memory: every sample sums the
+    PSS (proportional set size: pages shared between the fork server and the workers counted once, split among
+    them) of the import and its descendants; the peak of that sum is the tree's memory.
+    """
+
+    def __init__(self, root: int, interval: float = 0.1) -> None:
+        self.root = root
+        self.interval = interval
+        self.cpu: dict[int, float] = {}
+        self.peak_pss_mb = 0.0
+        self.peak_processes = 1
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="tree-monitor")
+
+    def _descendants(self) -> set[int]:
+        parents: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+        found, frontier = set(), {self.root}
+        while frontier:
+            frontier = {c for c, p in parents.items() if p in frontier} - found
+            found |= frontier
+        return found
+
+    def _sample(self) -> None:
+        below = self._descendants()
+        pss = 0.0
+        for pid in below | {self.root}:
+            pss += _pss_mb(pid) or 0.0
+            if pid != self.root:
+                c = proc_cpu(pid)
+                if c is not None:
+                    self.cpu[pid] = c[0]
+        self.peak_pss_mb = max(self.peak_pss_mb, pss)
+        self.peak_processes = max(self.peak_processes, 1 + len(below))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        return {"descendants_cpu_s": round(sum(self.cpu.values()), 3), "descendants": len(self.cpu),
+                "peak_tree_pss_mb": round(self.peak_pss_mb, 1), "peak_processes": self.peak_processes}
+
+
+def _pss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 # ----------------------------------------------------------------------------------------------- simulator
 def free_port() -> int:
     with socket.socket() as s:
@@ -501,6 +571,8 @@ def run_import(sc: Scenario, sim: Simulator, db: str, home: Path, log_path: Path
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=home,
                                 start_new_session=True)
         _CHILDREN.add(proc)
+        tree = TreeMonitor(proc.pid)
+        tree.start()
 
         def reap() -> None:
             _, status, ru = os.wait4(proc.pid, 0)
@@ -520,12 +592,14 @@ def run_import(sc: Scenario, sim: Simulator, db: str, home: Path, log_path: Path
         proc.returncode = os.waitstatus_to_exitcode(box["status"]) if "status" in box else -9
         _CHILDREN.discard(proc)
     wall = box.get("t1", time.monotonic()) - t0
+    procs = tree.stop()
     sim_cpu1 = sim.cpu()
     mach1 = machine_cpu()
     pg_cpu = pg.stop()
     ru = box.get("ru")
     busy = mach1[0] - mach0[0]
-    ours = (ru.ru_utime + ru.ru_stime if ru else 0) + (sim_cpu1 - sim_cpu0) + (
+    importer_cpu = (ru.ru_utime + ru.ru_stime if ru else 0) + procs["descendants_cpu_s"]
+    ours = importer_cpu + (sim_cpu1 - sim_cpu0) + (
         pg_cpu["all_s"] if not pg_cpu["other_activity"] else pg_cpu["ours_plus_aux_s"])
     tail = log_path.read_text(errors="replace").splitlines()[-15:]
     return {
@@ -535,7 +609,10 @@ def run_import(sc: Scenario, sim: Simulator, db: str, home: Path, log_path: Path
         "wall_s": round(wall, 3),
         "started_at_unix": t_wall0,
         "peak_rss_mb": round(ru.ru_maxrss / 1024, 1) if ru else None,
-        "cpu_importer_s": round(ru.ru_utime + ru.ru_stime, 3) if ru else None,
+        "peak_tree_pss_mb": procs["peak_tree_pss_mb"],
+        "processes": procs,
+        "cpu_importer_s": round(importer_cpu, 3) if ru else None,
+        "cpu_import_process_s": round(ru.ru_utime + ru.ru_stime, 3) if ru else None,
         "cpu_importer_user_s": round(ru.ru_utime, 3) if ru else None,
         "cpu_importer_sys_s": round(ru.ru_stime, 3) if ru else None,
         "cpu_sim_s": round(sim_cpu1 - sim_cpu0, 3),
@@ -741,7 +818,7 @@ def _fmt(v, spec: str = "") -> str:
 
 def table(rows: list[dict]) -> str:
     head = ["scenario", "msgs", "chats", "req total (msg/chat/sess/lid)", "msg req/chat", "wall s", "T0 s",
-            "wall/T0", "msgs/s", "peak RSS MB", "CPU s imp/sim/pg", "others' CPU s", "outside chunk", "exit", "rerun"]
+            "wall/T0", "msgs/s", "peak RSS MB (tree PSS)", "CPU s imp/sim/pg", "others' CPU s", "outside chunk", "exit", "rerun"]
     lines = []
     for r in rows:
         if "error" in r and "wall_s" not in r:
@@ -762,7 +839,8 @@ def table(rows: list[dict]) -> str:
             f"{q['total']} ({q['messages']}/{q['chats']}/{q['sessions']}/{q['lids']})",
             f"{q['messages'] / chats:.2f}" if chats else "-",
             f"{r['wall_s']:.2f}", _fmt(r["t0_s"], ".2f"), _fmt(r["wall_over_t0"], ".2f"),
-            _fmt(r["messages_per_s"], ".0f"), _fmt(r["peak_rss_mb"], ".0f"),
+            _fmt(r["messages_per_s"], ".0f"),
+            f"{_fmt(r['peak_rss_mb'], '.0f')} ({_fmt(r.get('peak_tree_pss_mb'), '.0f')})",
             f"{r['cpu_importer_s']:.1f}/{r['cpu_sim_s']:.1f}/{pg_s:.1f}{'*' if pg['other_activity'] else ''}",
             f"{r['machine_cpu']['others_s']:.1f}",
             f"{share * 100:.1f}% ({d.get('outside_chunk_s'):.1f} s)" if share is not None else "-",
@@ -815,7 +893,10 @@ def targets(rows: list[dict]) -> list[str]:
     if s := by.get("scale"):
         mps = s["messages_per_s"] or 0
         check("scale >= 15,000 messages/s", mps >= 15000, f"{mps:.0f}")
-        check("scale peak RSS <= 300 MB", (s["peak_rss_mb"] or 1e9) <= 300, f"{s['peak_rss_mb']} MB")
+        # several processes: the largest one's RSS, or the tree's summed PSS if that is more
+        peak = max(s["peak_rss_mb"] or 1e9, s.get("peak_tree_pss_mb") or 0)
+        check("scale peak memory <= 300 MB", peak <= 300,
+              f"{s['peak_rss_mb']} MB largest process RSS, {s.get('peak_tree_pss_mb')} MB tree PSS")
     if s := by.get("scale-rerun"):
         check("scale rerun <= 10% of first wall", s["rerun_wall_ratio"] <= 0.10, f"{s['rerun_wall_ratio'] * 100:.1f}%")
     for name in ("seed-rerun", "scale-rerun"):
