@@ -250,46 +250,55 @@ class TreeMonitor:
 
     They are not reaped by the import process (the fork server reaps the workers and outlives the import by a few
     ms), so `wait4` of the import does not include their CPU: each one's own utime+stime is sampled every
-    `interval` s and its last value kept (a worker's last < interval s is missed). Memory: every sample sums the
-    PSS (proportional set size: pages shared between the fork server and the workers counted once, split among
-    them) of the import and its descendants; the peak of that sum is the tree's memory.
+    `interval` s and its last value kept (a worker's last < interval s is missed). Memory, two figures: the peak of
+    the summed RSS of the import and its descendants (every sample; an upper bound, pages a worker shares with the
+    fork server count twice), and the peak of the summed PSS (pages shared between processes split among them;
+    sampled every `pss_interval` s only: reading smaps_rollup costs ~15 ms per process of a few hundred MB).
+    Descendants are found through /proc/<pid>/task/<tid>/children, not a scan of /proc.
     """
 
-    def __init__(self, root: int, interval: float = 0.1) -> None:
+    def __init__(self, root: int, interval: float = 0.1, pss_interval: float = 2.0) -> None:
         self.root = root
         self.interval = interval
+        self.pss_every = max(1, round(pss_interval / interval))
         self.cpu: dict[int, float] = {}
+        self.peak_rss_mb = 0.0
         self.peak_pss_mb = 0.0
         self.peak_processes = 1
+        self._samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="tree-monitor")
 
     def _descendants(self) -> set[int]:
-        parents: dict[int, int] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as f:
-                        parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
-                except (OSError, IndexError, ValueError):
-                    continue
-        found, frontier = set(), {self.root}
+        found: set[int] = set()
+        frontier = [self.root]
         while frontier:
-            frontier = {c for c, p in parents.items() if p in frontier} - found
-            found |= frontier
+            pid = frontier.pop()
+            try:
+                tids = os.listdir(f"/proc/{pid}/task")
+            except OSError:
+                continue
+            for tid in tids:
+                try:
+                    children = {int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()}
+                except OSError:
+                    continue
+                frontier.extend(children - found)
+                found |= children
         return found
 
     def _sample(self) -> None:
         below = self._descendants()
-        pss = 0.0
-        for pid in below | {self.root}:
-            pss += _pss_mb(pid) or 0.0
-            if pid != self.root:
-                c = proc_cpu(pid)
-                if c is not None:
-                    self.cpu[pid] = c[0]
-        self.peak_pss_mb = max(self.peak_pss_mb, pss)
-        self.peak_processes = max(self.peak_processes, 1 + len(below))
+        tree = below | {self.root}
+        self.peak_rss_mb = max(self.peak_rss_mb, sum(_rss_mb(pid) or 0.0 for pid in tree))
+        if self._samples % self.pss_every == 0:
+            self.peak_pss_mb = max(self.peak_pss_mb, sum(_pss_mb(pid) or 0.0 for pid in tree))
+        self._samples += 1
+        for pid in below:
+            c = proc_cpu(pid)
+            if c is not None:
+                self.cpu[pid] = c[0]
+        self.peak_processes = max(self.peak_processes, len(tree))
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -302,7 +311,8 @@ class TreeMonitor:
         self._stop.set()
         self._thread.join()
         return {"descendants_cpu_s": round(sum(self.cpu.values()), 3), "descendants": len(self.cpu),
-                "peak_tree_pss_mb": round(self.peak_pss_mb, 1), "peak_processes": self.peak_processes}
+                "peak_tree_rss_mb": round(self.peak_rss_mb, 1), "peak_tree_pss_mb": round(self.peak_pss_mb, 1),
+                "peak_processes": self.peak_processes}
 
 
 def _pss_mb(pid: int) -> float | None:
@@ -557,7 +567,7 @@ def run_import(sc: Scenario, sim: Simulator, db: str, home: Path, log_path: Path
     if PROFILE_DIR is not None:
         profile = PROFILE_DIR / f"{log_path.stem}.collapsed.txt"
         cmd = [shutil.which("py-spy") or str(VENV_BIN / "py-spy"), "record", "--format", "raw", "--rate", "50",
-               "--nonblocking", "-o", str(profile), "--"] + cmd
+               "--nonblocking", "--subprocesses", "-o", str(profile), "--"] + cmd
     idle = wait_idle(WAIT_IDLE_S) if WAIT_IDLE_S > 0 else None
     pg = PgCpuMonitor(db)
     pg.start()
@@ -610,6 +620,7 @@ def run_import(sc: Scenario, sim: Simulator, db: str, home: Path, log_path: Path
         "started_at_unix": t_wall0,
         "peak_rss_mb": round(ru.ru_maxrss / 1024, 1) if ru else None,
         "peak_tree_pss_mb": procs["peak_tree_pss_mb"],
+        "peak_tree_rss_mb": procs["peak_tree_rss_mb"],
         "processes": procs,
         "cpu_importer_s": round(importer_cpu, 3) if ru else None,
         "cpu_import_process_s": round(ru.ru_utime + ru.ru_stime, 3) if ru else None,
@@ -794,7 +805,7 @@ def run_scenario(sc: Scenario, workdir: Path, keep_db: bool) -> list[dict]:
             sim.stop()
         if not keep_db:
             drop_db(db)
-        shutil.rmtree(home, ignore_errors=True)
+            shutil.rmtree(home, ignore_errors=True)
     return rows
 
 
@@ -952,7 +963,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("scenarios", nargs="*", default=["seed"], help="seed, scale, rerun, growth (default: seed)")
     ap.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke check")
     ap.add_argument("--growth-sizes", default=None, help="comma-separated message counts for `growth`")
-    ap.add_argument("--keep-db", action="store_true", help="keep the benchmark databases (default: drop them)")
+    ap.add_argument("--keep-db", action="store_true",
+                    help="keep the benchmark databases and DAGSTER_HOMEs (default: drop them)")
     ap.add_argument("--code", default=None, metavar="REF",
                     help="benchmark the committed waha_pipeline/ at this git ref (e.g. HEAD) instead of the working "
                          "tree, which others may be editing")

@@ -105,7 +105,9 @@ def chunk_import(context: dg.AssetExecutionContext, waha: WahaResource, crm: Crm
     """Re-running is safe: every write is an idempotent upsert and sessions are recomputed, never appended."""
     selected = {key.path[-1] for key in context.selected_asset_keys}
     keys, skip_committed = list(context.partition_keys), context.retry_number > 0
-    workers = min(dataclasses.replace(waha.settings(), database_url=crm.url()).chunk_workers, len(keys))
+    # each worker gets a share of WAHA_CONCURRENCY, so there are never more workers than allowed requests
+    workers = min(dataclasses.replace(waha.settings(), database_url=crm.url()).chunk_workers, len(keys),
+                  waha.resolved_concurrency())
     if workers > 1:
         events = run_in_workers(
             waha.runner_spec(crm, workers), crm.store, keys, selected, workers=workers, skip_committed=skip_committed

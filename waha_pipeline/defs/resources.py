@@ -32,24 +32,27 @@ class WahaResource(dg.ConfigurableResource):
     def resolved_page_size(self) -> int:
         return self.page_size or self.settings().waha_page_size
 
+    def resolved_concurrency(self) -> int:
+        return self.concurrency or self.settings().waha_concurrency
+
     def client(self) -> WahaClient:
         """A new client; create and use it inside the event loop that will run its requests."""
         settings = self.settings()
         return WahaClient(
             self.base_url or settings.require_waha(),
             api_key=settings.waha_api_key,
-            concurrency=self.concurrency or settings.waha_concurrency,
+            concurrency=self.resolved_concurrency(),
         )
 
     def runner_spec(self, crm: CrmResource, workers: int) -> RunnerSpec:
-        """What each of `workers` chunk worker processes needs; they share this server's concurrency."""
+        """What each of `workers` chunk worker processes needs; they split this server's concurrency."""
         settings = self.settings()
         return RunnerSpec(
             database_url=crm.url(),
             stage_root=str(crm.stages().root),
             waha_base_url=self.base_url or settings.require_waha(),
             waha_api_key=settings.waha_api_key,
-            waha_concurrency=max(1, (self.concurrency or settings.waha_concurrency) // workers),
+            waha_concurrency=self.resolved_concurrency() // workers,
             page_size=self.resolved_page_size(),
             fetch_deadline_seconds=self.chunk_deadline_seconds,
         )

@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 from sqlalchemy import exc as sa_exc
@@ -67,6 +68,12 @@ class _Fetch:
     started: float = field(default_factory=time.monotonic)
 
 
+class _Taken(NamedTuple):
+    work: stages.ChunkWork
+    plan: dict[str, Action]
+    fetch: _Fetch | None  # None when the fetch is read from disk, not needed, or the channel is gone
+
+
 class ChunkRunner:
     def __init__(
         self,
@@ -86,33 +93,17 @@ class ChunkRunner:
         self.fetch_deadline_seconds = fetch_deadline_seconds
 
     def run(
-        self, chunk_keys: list[str], selected: set[str], *, skip_committed: bool = False
+        self, chunk_keys: Iterable[str], selected: set[str], *, skip_committed: bool = False
     ) -> Iterator[StageDone | ChunkFailed]:
-        """`skip_committed`: on a step retry, chunks the ledger shows committed in their plan are not redone."""
-        works: dict[str, stages.ChunkWork] = {}
-        actions: dict[str, dict[str, Action]] = {}
-        for key in chunk_keys:
-            try:
-                works[key] = stages.load_work(self.store, key)
-            except ChunkError as exc:
-                yield ChunkFailed(key, STAGES[0], str(exc), permanent=True)
-                continue
-            actions[key] = stage_actions(selected, self._persisted(works[key]))
-        if skip_committed:
-            for plan_id in {w.context.plan_id for w in works.values()}:
-                for key in self.store.committed_chunk_keys(plan_id) & set(works):
-                    if works[key].context.plan_id == plan_id:
-                        logger.info("chunk %s already committed in plan %s; not redone on retry", key, plan_id)
-                        del works[key]
-        keys = [k for k in chunk_keys if k in works]
-        if not keys:
-            return
+        """Chunks are taken from `chunk_keys` only as they are needed (at most `prefetch` ahead of the one being
+        worked on), so keys handed out by another process as workers ask for them keep the workers balanced.
+        `skip_committed`: on a step retry, chunks the ledger shows committed in their plan are not redone."""
         use_lean_allocators()
         with BackgroundLoop() as loop:
             client = self.client_factory()
             loop.run(client.__aenter__())
             try:
-                yield from self._run(loop, client, keys, works, actions)
+                yield from self._run(loop, client, iter(chunk_keys), selected, skip_committed)
             finally:
                 loop.run(client.__aexit__(None, None, None))
 
@@ -120,48 +111,71 @@ class ChunkRunner:
         self,
         loop: BackgroundLoop,
         client: WahaClient,
-        keys: list[str],
-        works: dict[str, stages.ChunkWork],
-        actions: dict[str, dict[str, Action]],
+        keys: Iterator[str],
+        selected: set[str],
+        skip_committed: bool,
     ) -> Iterator[StageDone | ChunkFailed]:
-        to_fetch = [k for k in keys if actions[k]["fetched_messages"] in (Action.EMIT, Action.COMPUTE)]
-        fetches: dict[str, _Fetch] = {}
+        ahead: deque[_Taken] = deque()  # chunks taken, their fetches in flight
+        committed: dict[str, set[str]] = {}  # plan id -> chunks the ledger showed committed (skip_committed)
         gone: str | None = None  # reason, once WAHA said the channel does not exist
 
-        def top_up() -> None:
-            while to_fetch and len(fetches) <= self.prefetch and gone is None:
-                key = to_fetch.pop(0)
-                work = works[key]
-                covered = self.store.chat_coverage(work.context.channel_id, [c.chat_id for c in work.chats])
-                fetches[key] = _Fetch(loop.submit(self._fetch(client, work, covered)), covered)
+        def take() -> Iterator[ChunkFailed]:
+            while len(ahead) <= self.prefetch:
+                key = next(keys, None)
+                if key is None:
+                    return
+                try:
+                    work = stages.load_work(self.store, key)
+                except ChunkError as exc:
+                    yield ChunkFailed(key, STAGES[0], str(exc), permanent=True)
+                    continue
+                plan_id = work.context.plan_id
+                if skip_committed:
+                    if plan_id not in committed:
+                        committed[plan_id] = self.store.committed_chunk_keys(plan_id)
+                    if key in committed[plan_id]:
+                        logger.info("chunk %s already committed in plan %s; not redone on retry", key, plan_id)
+                        continue
+                plan = stage_actions(selected, self._persisted(work))
+                fetch = None
+                if plan["fetched_messages"] in (Action.EMIT, Action.COMPUTE) and gone is None:
+                    covered = self.store.chat_coverage(work.context.channel_id, [c.chat_id for c in work.chats])
+                    fetch = _Fetch(loop.submit(self._fetch(client, work, covered)), covered)
+                ahead.append(_Taken(work, plan, fetch))
 
-        for key in keys:
-            top_up()
-            work, plan = works[key], actions[key]
-            committing = plan["committed_rows"] is Action.EMIT
-            if gone is not None and key not in fetches and plan["fetched_messages"] is not Action.LOAD:
-                if committing:  # failed fast: WAHA is not asked again once it said the channel is gone
-                    self.store.mark_chunk_started(work.context.plan_id, key)
-                    self.store.mark_chunk_failed(work.context.plan_id, key, gone)
-                yield ChunkFailed(key, "fetched_messages", gone, permanent=True)
-                continue
-            if committing:
-                self.store.mark_chunk_started(work.context.plan_id, key)
-            progress = [STAGES[0]]  # the stage in progress, kept up to date by _stages
-            try:
-                yield from self._stages(work, plan, fetches.pop(key, None), progress)
-            except Exception as exc:  # noqa: BLE001 - every failure is reported per chunk, never swallowed
-                stage = progress[0]
-                permanent = is_permanent(exc)
-                if isinstance(exc, WahaSessionNotFound):
-                    gone = f"channel gone: {exc}"
-                reason = _one_line(exc)
-                logger.warning("chunk %s failed at %s: %s", key, stage, reason)
+        try:
+            while True:
+                yield from take()
+                if not ahead:
+                    return
+                work, plan, fetch = ahead.popleft()
+                key = work.context.chunk_key
+                committing = plan["committed_rows"] is Action.EMIT
+                if gone is not None and fetch is None and plan["fetched_messages"] is not Action.LOAD:
+                    if committing:  # failed fast: WAHA is not asked again once it said the channel is gone
+                        self.store.mark_chunk_started(work.context.plan_id, key)
+                        self.store.mark_chunk_failed(work.context.plan_id, key, gone)
+                    yield ChunkFailed(key, "fetched_messages", gone, permanent=True)
+                    continue
                 if committing:
-                    self.store.mark_chunk_failed(work.context.plan_id, key, reason)
-                yield ChunkFailed(key, stage, reason, permanent, getattr(exc, "retry_after", None))
-        for pending in fetches.values():
-            pending.future.cancel()
+                    self.store.mark_chunk_started(work.context.plan_id, key)
+                progress = [STAGES[0]]  # the stage in progress, kept up to date by _stages
+                try:
+                    yield from self._stages(work, plan, fetch, progress)
+                except Exception as exc:  # noqa: BLE001 - every failure is reported per chunk, never swallowed
+                    stage = progress[0]
+                    permanent = is_permanent(exc)
+                    if isinstance(exc, WahaSessionNotFound):
+                        gone = f"channel gone: {exc}"
+                    reason = _one_line(exc)
+                    logger.warning("chunk %s failed at %s: %s", key, stage, reason)
+                    if committing:
+                        self.store.mark_chunk_failed(work.context.plan_id, key, reason)
+                    yield ChunkFailed(key, stage, reason, permanent, getattr(exc, "retry_after", None))
+        finally:
+            for taken in ahead:
+                if taken.fetch is not None:
+                    taken.fetch.future.cancel()
 
     def _stages(
         self, work: stages.ChunkWork, plan: dict[str, Action], fetch: _Fetch | None, progress: list[str]

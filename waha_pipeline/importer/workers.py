@@ -1,14 +1,15 @@
 """A run's chunks spread over worker processes, so chunk work uses every core instead of the one the GIL allows.
 
-Each worker runs an ordinary ChunkRunner over its share of the chunks (every n-th chunk, so the large and small
-ones spread evenly) and streams its events back; the parent yields them as they arrive, so the Dagster step still
-logs one event per (stage, chunk). Commits of one channel take a channel lock (crm/commit.py), so they happen one
-at a time as in a single process; only fetching, parsing and session assignment overlap.
+Each worker runs an ordinary ChunkRunner, asking the parent for its next chunk key whenever it has room for one
+(so a worker stuck with a huge chunk does not leave the other idle at the end), and streams its events back; the
+parent yields them as they arrive, so the Dagster step still logs one event per (stage, chunk). Commits of one
+channel take a channel lock (crm/commit.py), so they happen one at a time as in a single process; fetching,
+parsing and session assignment overlap.
 
 Workers are forked by a fork server that has imported this module once (importer/worker_server.py), so they start
-in milliseconds and never inherit the threads of a Dagster process; they get everything they need as plain values. A worker exits as soon as its parent is gone (it watches a pipe only the
-parent holds open), so a killed import leaves no process committing behind its back; a worker that dies fails its
-unfinished chunks, transiently.
+in milliseconds and never inherit the threads of a Dagster process; they get everything they need as plain values.
+A worker exits as soon as its parent is gone (it watches a pipe only the parent holds open), so a killed import
+leaves no process committing behind its back; a worker that dies fails only the chunks it held, transiently.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -63,6 +65,11 @@ class ChunkWorkerError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class _Want:
+    """A worker asks for its next chunk key (answered with a key, or None when none are left)."""
+
+
+@dataclass(frozen=True)
 class _Done:
     pass
 
@@ -76,8 +83,9 @@ class _Crashed:
 class _Worker:
     process: BaseProcess
     events: Connection
+    orders: Connection  # chunk keys, one per _Want
     lifeline: Connection  # never written; closing it (or dying) tells the worker to stop
-    keys: list[str]
+    keys: list[str] = field(default_factory=list)  # handed to it so far
     reached: dict[str, str] = field(default_factory=dict)  # chunk -> last stage it completed
     ended: set[str] = field(default_factory=set)
     finished: bool = False  # it said it was done (or crashed): let it exit on its own
@@ -103,8 +111,8 @@ class _Worker:
     def stop(self) -> None:
         if self.finished:
             self.process.join(STOP_SECONDS)
-        self.lifeline.close()
-        self.events.close()
+        for conn in (self.lifeline, self.orders, self.events):
+            conn.close()
         self.process.join(STOP_SECONDS)
         if self.process.is_alive():
             self.process.kill()
@@ -120,10 +128,11 @@ def run_in_workers(
     workers: int,
     skip_committed: bool = False,
 ) -> Iterator[StageDone | ChunkFailed]:
-    """Like ChunkRunner.run over `chunk_keys`, on `workers` processes. `store` marks a dead worker's chunks failed."""
+    """Like ChunkRunner.run over `chunk_keys`, on `workers` processes that take the next key whenever they have
+    room for one (chunk sizes vary a lot). `store` marks a dead worker's unfinished chunks failed."""
     final_stage = [s for s in STAGES if s in selected][-1]
-    shares = [chunk_keys[i::workers] for i in range(workers)]
-    started = [_start(spec, share, selected, skip_committed) for share in shares if share]
+    queue = deque(chunk_keys)
+    started = [_start(spec, n, selected, skip_committed) for n in range(min(workers, len(chunk_keys)))]
     crashes: list[str] = []
     try:
         live = {w.events: w for w in started}
@@ -140,14 +149,19 @@ def run_in_workers(
                             _mark_failed(store, failure)
                         yield failure
                     continue
-                if isinstance(message, (_Done, _Crashed)):
+                if isinstance(message, _Want):
+                    key = queue.popleft() if queue else None
+                    if key is not None:
+                        worker.keys.append(key)
+                    worker.orders.send(key)
+                elif isinstance(message, (_Done, _Crashed)):
                     del live[conn]
                     worker.finished = True
                     if isinstance(message, _Crashed):
                         crashes.append(message.reason)
-                    continue
-                worker.track(message, final_stage)
-                yield message
+                else:
+                    worker.track(message, final_stage)
+                    yield message
     finally:
         for worker in started:
             worker.stop()
@@ -155,19 +169,20 @@ def run_in_workers(
         raise ChunkWorkerError("; ".join(crashes))
 
 
-def _start(spec: RunnerSpec, keys: list[str], selected: set[str], skip_committed: bool) -> _Worker:
+def _start(spec: RunnerSpec, number: int, selected: set[str], skip_committed: bool) -> _Worker:
     events_out, events_in = CONTEXT.Pipe(duplex=False)
+    orders_out, orders_in = CONTEXT.Pipe(duplex=False)
     lifeline_out, lifeline_in = CONTEXT.Pipe(duplex=False)
     process = CONTEXT.Process(
         target=_work,
-        args=(spec, keys, selected, skip_committed, events_in, lifeline_out),
-        name=f"chunk-worker-{keys[0]}",
+        args=(spec, selected, skip_committed, events_in, orders_out, lifeline_out),
+        name=f"chunk-worker-{number}",
         daemon=True,
     )
     process.start()
-    events_in.close()  # the worker holds the only other ends: EOF on `events_out` means it is gone
-    lifeline_out.close()
-    return _Worker(process, events_out, lifeline_in, keys)
+    for end in (events_in, orders_out, lifeline_out):  # the worker holds the only other ends now
+        end.close()
+    return _Worker(process, events_out, orders_in, lifeline_in)
 
 
 def _mark_failed(store: CrmStore, failure: ChunkFailed) -> None:
@@ -177,18 +192,32 @@ def _mark_failed(store: CrmStore, failure: ChunkFailed) -> None:
 
 
 def _work(
-    spec: RunnerSpec, keys: list[str], selected: set[str], skip_committed: bool, events: Connection, lifeline: Connection
+    spec: RunnerSpec,
+    selected: set[str],
+    skip_committed: bool,
+    events: Connection,
+    orders: Connection,
+    lifeline: Connection,
 ) -> None:
     threading.Thread(target=_exit_with_parent, args=(lifeline,), name="parent-watch", daemon=True).start()
     runner = spec.runner()
     try:
-        for event in runner.run(keys, selected, skip_committed=skip_committed):
+        for event in runner.run(_orders(events, orders), selected, skip_committed=skip_committed):
             events.send(event)
         events.send(_Done())
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the step with it
         events.send(_Crashed(f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"))
     finally:
         runner.store.dispose()
+
+
+def _orders(events: Connection, orders: Connection) -> Iterator[str]:
+    while True:
+        events.send(_Want())
+        key = orders.recv()
+        if key is None:
+            return
+        yield key
 
 
 def _exit_with_parent(lifeline: Connection) -> None:
