@@ -559,6 +559,8 @@ def run_import(sc: Scenario, sim: Simulator, db: str, home: Path, log_path: Path
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAHA_") and k not in ("DATABASE_URL",)}
     env.update(WAHA_BASE_URL=sim.url, DATABASE_URL=db_url(db), DAGSTER_HOME=str(home), PYTHONUNBUFFERED="1")
     env.update(CODE_ENV)
+    if sc.max_concurrent:  # told what the server allows, as its operator would: T0 assumes that concurrency
+        env["WAHA_CONCURRENCY"] = str(sc.max_concurrent)
     for k in ("WAHA_CONCURRENCY", "WAHA_PAGE_SIZE"):  # importer tuning knobs pass through when set explicitly
         if k in os.environ:
             env[k] = os.environ[k]
@@ -614,6 +616,7 @@ def run_import(sc: Scenario, sim: Simulator, db: str, home: Path, log_path: Path
     tail = log_path.read_text(errors="replace").splitlines()[-15:]
     return {
         "command": " ".join(cmd),
+        "import_env": {k: env[k] for k in ("WAHA_CONCURRENCY", "WAHA_PAGE_SIZE", "IMPORT_WORKERS") if k in env},
         "exit_code": proc.returncode,
         "timed_out": timed_out,
         "wall_s": round(wall, 3),

@@ -7,10 +7,12 @@ run time); 2 bad input or configuration, reported in one line before anything is
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
 from collections.abc import Sequence
+from types import ModuleType
 from typing import NoReturn
 
 from waha_pipeline.errors import ConfigError, PipelineError, WahaSessionNotFound
@@ -85,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from waha_pipeline.importer.worker_server import warm_up
 
             warm_up()
-        from waha_pipeline.cli import commands  # Dagster is imported only by commands that need it
+        commands = _import_commands()
 
         handler = {"import": commands.import_channel, "status": commands.status, "rerun-failed": commands.rerun_failed}
         return handler[args.command](settings, args)
@@ -97,6 +99,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_FAILED, str(exc))
     except KeyboardInterrupt:
         return _fail(EXIT_FAILED, "interrupted")
+
+
+def _import_commands() -> ModuleType:
+    """Dagster is imported only by commands that need it. What the imports build lives until exit: collecting
+    while they run is wasted (~0.4 s), and frozen, it is skipped by every later full collection and by the one
+    at interpreter exit (~2 s of a seed import)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        from waha_pipeline.cli import commands
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+    return commands
 
 
 def _fail(code: int, message: str) -> int:

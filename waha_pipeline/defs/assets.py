@@ -8,7 +8,6 @@ Failed: events are logged per chunk, and the step raises at the end if any chunk
 
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Iterator
 
@@ -16,7 +15,7 @@ import dagster as dg
 
 from waha_pipeline.defs.partitions import channel_partitions, chunk_partitions
 from waha_pipeline.defs.resources import CrmResource, WahaResource
-from waha_pipeline.importer.chunk_runner import ChunkFailed, ChunkRunner
+from waha_pipeline.importer.chunk_runner import ChunkFailed
 from waha_pipeline.importer.planner import PlanRequest, find_session, plan_and_record
 from waha_pipeline.importer.stage_plan import STAGES
 from waha_pipeline.importer.workers import run_in_workers
@@ -105,22 +104,12 @@ def chunk_import(context: dg.AssetExecutionContext, waha: WahaResource, crm: Crm
     """Re-running is safe: every write is an idempotent upsert and sessions are recomputed, never appended."""
     selected = {key.path[-1] for key in context.selected_asset_keys}
     keys, skip_committed = list(context.partition_keys), context.retry_number > 0
-    # each worker gets a share of WAHA_CONCURRENCY, so there are never more workers than allowed requests
-    workers = min(dataclasses.replace(waha.settings(), database_url=crm.url()).chunk_workers, len(keys),
-                  waha.resolved_concurrency())
+    workers = waha.worker_count(crm, len(keys))
+    spec = waha.runner_spec(crm, workers)
     if workers > 1:
-        events = run_in_workers(
-            waha.runner_spec(crm, workers), crm.store, keys, selected, workers=workers, skip_committed=skip_committed
-        )
+        events = run_in_workers(spec, crm.store, keys, selected, workers=workers, skip_committed=skip_committed)
     else:
-        runner = ChunkRunner(
-            crm.store,
-            crm.stages(),
-            waha.client,
-            page_size=waha.resolved_page_size(),
-            fetch_deadline_seconds=waha.chunk_deadline_seconds,
-        )
-        events = runner.run(keys, selected, skip_committed=skip_committed)
+        events = spec.runner(crm.store).run(keys, selected, skip_committed=skip_committed)
     failures: list[ChunkFailed] = []
     for event in events:
         if isinstance(event, ChunkFailed):

@@ -3,6 +3,7 @@ appear in run config, metadata or the UI."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import dagster as dg
@@ -44,7 +45,12 @@ class WahaResource(dg.ConfigurableResource):
             concurrency=self.resolved_concurrency(),
         )
 
-    def runner_spec(self, crm: CrmResource, workers: int) -> RunnerSpec:
+    def worker_count(self, crm: CrmResource, chunks: int) -> int:
+        """IMPORT_WORKERS (PostgreSQL CRM only), at most one per chunk and per allowed concurrent WAHA request."""
+        settings = dataclasses.replace(self.settings(), database_url=crm.url())
+        return min(settings.chunk_workers, chunks, self.resolved_concurrency())
+
+    def runner_spec(self, crm: CrmResource, workers: int = 1) -> RunnerSpec:
         """What each of `workers` chunk worker processes needs; they split this server's concurrency."""
         settings = self.settings()
         return RunnerSpec(

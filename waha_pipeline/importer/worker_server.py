@@ -11,7 +11,7 @@ import multiprocessing as mp
 from multiprocessing import forkserver
 
 CONTEXT = mp.get_context("forkserver")
-CONTEXT.set_forkserver_preload(["waha_pipeline.importer.workers"])
+CONTEXT.set_forkserver_preload(["waha_pipeline.importer.workers", "waha_pipeline.importer.frozen_heap"])
 
 
 def warm_up() -> None:

@@ -47,9 +47,10 @@ class RunnerSpec:
     page_size: int
     fetch_deadline_seconds: float
 
-    def runner(self) -> ChunkRunner:
+    def runner(self, store: CrmStore | None = None) -> ChunkRunner:
+        """A runner on `store`, or on a store of its own (a worker process)."""
         return ChunkRunner(
-            CrmStore.from_url(self.database_url),
+            store or CrmStore.from_url(self.database_url),
             StageStore(self.stage_root),
             self.client,
             page_size=self.page_size,

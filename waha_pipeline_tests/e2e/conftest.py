@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-CLEARED = ("WAHA_API_KEY", "WAHA_TENANT_ID", "WAHA_CONCURRENCY", "WAHA_PAGE_SIZE")
+CLEARED = ("WAHA_API_KEY", "WAHA_TENANT_ID", "WAHA_CONCURRENCY", "WAHA_PAGE_SIZE", "IMPORT_WORKERS")
 
 
 @pytest.fixture

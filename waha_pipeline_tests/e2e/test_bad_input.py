@@ -215,6 +215,7 @@ CONFIG_CASES = {
     "ftp_base_url": ({"WAHA_BASE_URL": "ftp://x"}, (), "WAHA_BASE_URL"),
     "mysql_database_url": ({"DATABASE_URL": "mysql://user:pw@127.0.0.1:3306/crm"}, (), "DATABASE_URL"),
     "negative_concurrency": ({"WAHA_CONCURRENCY": "-3"}, (), "WAHA_CONCURRENCY"),
+    "zero_workers": ({"IMPORT_WORKERS": "0"}, (), "IMPORT_WORKERS"),
     "chunk_size_501": ({}, ("--chunk-size", "501"), "--chunk-size"),
     "unknown_channel": ({}, (), "nosuchchannel"),
 }
