@@ -61,6 +61,10 @@ class WahaResource(dg.ConfigurableResource):
             waha_concurrency=self.resolved_concurrency() // workers,
             page_size=self.resolved_page_size(),
             fetch_deadline_seconds=self.chunk_deadline_seconds,
+            # Alone, a runner overlaps fetching with its own work two chunks ahead; with several workers the others'
+            # work overlaps too, and one ahead is faster and leaner (bench scale, 2 workers: 149 s / 611 MB tree PSS
+            # with 1 ahead, 162 s / 659 MB with 2, 158 s / 633 MB with none).
+            prefetch=2 if workers == 1 else 1,
         )
 
 

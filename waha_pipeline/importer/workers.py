@@ -46,6 +46,7 @@ class RunnerSpec:
     waha_concurrency: int
     page_size: int
     fetch_deadline_seconds: float
+    prefetch: int  # chunks fetched ahead of the one being worked on
 
     def runner(self, store: CrmStore | None = None) -> ChunkRunner:
         """A runner on `store`, or on a store of its own (a worker process)."""
@@ -55,6 +56,7 @@ class RunnerSpec:
             self.client,
             page_size=self.page_size,
             fetch_deadline_seconds=self.fetch_deadline_seconds,
+            prefetch=self.prefetch,
         )
 
     def client(self) -> WahaClient:
