@@ -18,6 +18,11 @@ from typing import Any
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
+
+from waha_pipeline.crm.store import CrmStore
+from waha_pipeline.importer.stage_plan import STAGES
+from waha_pipeline.importer.workers import ChunkWorkerError, RunnerSpec, run_in_workers
 
 from waha_pipeline.simulator import DatasetSpec, Faults, run_in_thread
 from waha_pipeline_tests.crm_state import assert_matches, latest_plan, snapshot
@@ -125,3 +130,21 @@ def test_workers_split_the_waha_concurrency(env, sim, capsys, monkeypatch) -> No
     assert code == 0, out + err
     assert 3 <= sim.stats()["max_in_flight"] <= 4  # two workers of 2 each, both busy
     assert_matches(snapshot(env["DATABASE_URL"]), expected(sim, env["DATABASE_URL"]))
+
+
+def test_workers_failing_outside_any_chunk_fail_the_step_with_their_reason(env, tmp_path) -> None:
+    """E.g. the CRM refuses every worker: the step fails (and is retried) with the database's reason, no secret."""
+    url = sa.make_url(env["DATABASE_URL"]).set(database="waha_no_such_db", password="s3cret-pw")
+    spec = RunnerSpec(
+        database_url=url.render_as_string(hide_password=False), stage_root=str(tmp_path),
+        waha_base_url=env["WAHA_BASE_URL"], waha_api_key="k3y-secret", waha_concurrency=2, page_size=100,
+        fetch_deadline_seconds=30, prefetch=1,
+    )
+    store = CrmStore.from_url(env["DATABASE_URL"])
+    try:
+        with pytest.raises(ChunkWorkerError, match='database "waha_no_such_db" does not exist') as failed:
+            list(run_in_workers(spec, store, ["demo.c0000", "demo.c0001"], set(STAGES), workers=2))
+    finally:
+        store.dispose()
+    assert "s3cret-pw" not in str(failed.value) and "k3y-secret" not in str(failed.value)
+    assert "s3cret-pw" not in repr(spec)
