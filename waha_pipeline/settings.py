@@ -48,13 +48,17 @@ class Settings:
 
     @property
     def chunk_workers(self) -> int:
-        """Worker processes for chunk work: several only with a PostgreSQL CRM (SQLite takes one writer at a time)."""
-        return self.import_workers if make_url(self.database_url).get_backend_name() == "postgresql" else 1
+        return chunk_workers(self.import_workers, self.database_url)
 
     def require_waha(self) -> str:
         if not self.waha_base_url:
             raise ConfigError("WAHA_BASE_URL is not set (e.g. http://localhost:3000); `waha-pipeline demo` needs none")
         return self.waha_base_url
+
+
+def chunk_workers(import_workers: int, database_url: str) -> int:
+    """Worker processes for chunk work: several only with a PostgreSQL CRM (SQLite takes one writer at a time)."""
+    return import_workers if make_url(database_url).get_backend_name() == "postgresql" else 1
 
 
 def parse_waha_url(value: str | None) -> str | None:

@@ -3,7 +3,6 @@ appear in run config, metadata or the UI."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import dagster as dg
@@ -13,7 +12,7 @@ from waha_pipeline.crm.migrate import upgrade
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.importer.stage_store import StageStore
 from waha_pipeline.importer.workers import RunnerSpec
-from waha_pipeline.settings import Settings
+from waha_pipeline.settings import Settings, chunk_workers
 from waha_pipeline.waha.client import WahaClient
 
 
@@ -38,26 +37,25 @@ class WahaResource(dg.ConfigurableResource):
 
     def client(self) -> WahaClient:
         """A new client; create and use it inside the event loop that will run its requests."""
+        base_url, api_key = self._endpoint()
+        return WahaClient(base_url, api_key=api_key, concurrency=self.resolved_concurrency())
+
+    def _endpoint(self) -> tuple[str, str | None]:
         settings = self.settings()
-        return WahaClient(
-            self.base_url or settings.require_waha(),
-            api_key=settings.waha_api_key,
-            concurrency=self.resolved_concurrency(),
-        )
+        return self.base_url or settings.require_waha(), settings.waha_api_key
 
     def worker_count(self, crm: CrmResource, chunks: int) -> int:
         """IMPORT_WORKERS (PostgreSQL CRM only), at most one per chunk and per allowed concurrent WAHA request."""
-        settings = dataclasses.replace(self.settings(), database_url=crm.url())
-        return min(settings.chunk_workers, chunks, self.resolved_concurrency())
+        return min(chunk_workers(self.settings().import_workers, crm.url()), chunks, self.resolved_concurrency())
 
     def runner_spec(self, crm: CrmResource, workers: int = 1) -> RunnerSpec:
         """What each of `workers` chunk worker processes needs; they split this server's concurrency."""
-        settings = self.settings()
+        base_url, api_key = self._endpoint()
         return RunnerSpec(
             database_url=crm.url(),
             stage_root=str(crm.stages().root),
-            waha_base_url=self.base_url or settings.require_waha(),
-            waha_api_key=settings.waha_api_key,
+            waha_base_url=base_url,
+            waha_api_key=api_key,
             waha_concurrency=self.resolved_concurrency() // workers,
             page_size=self.resolved_page_size(),
             fetch_deadline_seconds=self.chunk_deadline_seconds,

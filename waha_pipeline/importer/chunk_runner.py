@@ -167,7 +167,7 @@ class ChunkRunner:
                     permanent = is_permanent(exc)
                     if isinstance(exc, WahaSessionNotFound):
                         gone = f"channel gone: {exc}"
-                    reason = _one_line(exc)
+                    reason = one_line(exc)
                     logger.warning("chunk %s failed at %s: %s", key, stage, reason)
                     if committing:
                         self.store.mark_chunk_failed(work.context.plan_id, key, reason)
@@ -303,7 +303,7 @@ def is_permanent(exc: BaseException) -> bool:
     return isinstance(exc, sa_exc.DBAPIError) and not isinstance(exc, transient_db)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """The reason stored in the ledger and shown in Dagster: the database's own message, never SQL or row values."""
     if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
         exc = exc.orig

@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
 from waha_pipeline.crm.store import CrmStore
-from waha_pipeline.importer.chunk_runner import ChunkFailed, ChunkRunner, StageDone
+from waha_pipeline.importer.chunk_runner import ChunkFailed, ChunkRunner, StageDone, one_line
 from waha_pipeline.importer.stage_plan import STAGES
 from waha_pipeline.importer.stage_store import StageStore
 from waha_pipeline.importer.worker_server import CONTEXT
@@ -209,7 +209,7 @@ def _work(
             events.send(event)
         events.send(_Done())
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the step with it
-        events.send(_Crashed(f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"))
+        events.send(_Crashed(f"{type(exc).__name__}: {one_line(exc)}"))
     finally:
         runner.store.dispose()
 
