@@ -19,6 +19,7 @@ from waha_pipeline.crm.schema import sessions, to_seconds, to_utc
 from waha_pipeline.crm.staging import stage_assign, stage_contacts, stage_merges, stage_messages, stage_rejects
 from waha_pipeline.crm.staging import stage_sessions
 from waha_pipeline.domain.batch import CONTACT_COLUMNS, MESSAGE_COLUMNS, ChunkBatch, ChunkContext
+from waha_pipeline.domain.planning import chat_fingerprint
 from waha_pipeline.domain.sessions import assign_sessions
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,9 @@ def commit_chunk(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
     for channel_id in other_channels:  # a merged lid-only contact also had messages in other channels
         other = _effective_settings(conn, channel_id, settings.plan_time, None)
         _recompute_sessions(conn, ctx.tenant_id, channel_id, sa.select(stage_merges.c.new_id), other)
-    _update_statuses(conn, ctx.channel_id, settings)
-    coverage.extend(conn, ctx, batch.chat_ids, set(message_frame["chat_id"].dropna()))
+    update_statuses(conn, ctx.channel_id, settings.plan_time, settings.timeout_minutes)
+    fingerprints = {c.chat_id: chat_fingerprint(c, settings.timeout_minutes) for c in batch.planned_chats}
+    coverage.extend(conn, ctx, fingerprints, set(message_frame["chat_id"].dropna()))
 
     counts = {
         "chats": batch.chats,
@@ -379,9 +381,9 @@ def _delete_stale_sessions(conn: sa.Connection, channel_id: str, contact_ids: Co
     )
 
 
-def _update_statuses(conn: sa.Connection, channel_id: str, settings: _Settings) -> None:
+def update_statuses(conn: sa.Connection, channel_id: str, plan_time: int, timeout_minutes: int) -> None:
     """Every session of the channel: closed when it ended more than the timeout before plan_time (SPEC 6.4)."""
-    cutoff = to_utc(settings.plan_time - settings.timeout_minutes * 60)
+    cutoff = to_utc(plan_time - timeout_minutes * 60)
     status = sa.case((sessions.c.ended_at < cutoff, sa.literal("closed")), else_=sa.literal("open"))
     conn.execute(
         sa.update(sessions).where(sessions.c.channel_id == channel_id, sessions.c.status != status).values(status=status)

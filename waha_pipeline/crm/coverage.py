@@ -1,47 +1,46 @@
-"""Chat coverage rows (schema.chat_coverage): read before a fetch, extended inside the chunk's transaction."""
+"""Chat coverage rows (schema.chat_coverage): read before a plan and a fetch, extended inside the chunk's
+transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
 
 import sqlalchemy as sa
 
 from waha_pipeline.crm import sql
 from waha_pipeline.crm.schema import chat_coverage, to_seconds, to_utc
 from waha_pipeline.domain.batch import ChunkContext
-from waha_pipeline.domain.coverage import Span, extend_coverage
+from waha_pipeline.domain.coverage import Coverage, extend_coverage
 
 
-@dataclass(frozen=True)
-class Coverage:
-    span: Span
-    has_messages: bool
-
-
-def read(conn: sa.Connection, channel_id: str, chat_ids: Collection[str]) -> dict[str, Coverage]:
-    if not chat_ids:
+def read(conn: sa.Connection, channel_id: str, chat_ids: Collection[str] | None = None) -> dict[str, Coverage]:
+    """Coverage of the given chats, or of every chat of the channel when `chat_ids` is None."""
+    if chat_ids is not None and not chat_ids:
         return {}
-    rows = conn.execute(
-        sa.select(chat_coverage.c.chat_id, chat_coverage.c.covered_from, chat_coverage.c.covered_to,
-                  chat_coverage.c.has_messages)
-        .where(chat_coverage.c.channel_id == channel_id, chat_coverage.c.chat_id.in_(sorted(chat_ids)))
-    ).all()
+    c = chat_coverage.c
+    query = sa.select(c.chat_id, c.covered_from, c.covered_to, c.has_messages, c.fingerprint).where(
+        c.channel_id == channel_id
+    )
+    if chat_ids is not None:
+        query = query.where(c.chat_id.in_(sorted(chat_ids)))
     return {
         r.chat_id: Coverage((None if r.covered_from is None else to_seconds(r.covered_from), to_seconds(r.covered_to)),
-                            bool(r.has_messages))
-        for r in rows
+                            bool(r.has_messages), r.fingerprint)
+        for r in conn.execute(query)
     }
 
 
-def extend(conn: sa.Connection, ctx: ChunkContext, chat_ids: Collection[str], with_messages: Collection[str]) -> None:
-    """Record that the chunk's window of every chat is now in the CRM (one statement for the whole chunk)."""
-    if not chat_ids:
+def extend(
+    conn: sa.Connection, ctx: ChunkContext, fingerprints: Mapping[str, str], with_messages: Collection[str]
+) -> None:
+    """Record that the chunk's window of every chat (the keys of `fingerprints`) is now in the CRM, computed from
+    what the fingerprints say (one statement for the whole chunk)."""
+    if not fingerprints:
         return
     window = (ctx.window_start, ctx.window_end)
-    current = read(conn, ctx.channel_id, chat_ids)
+    current = read(conn, ctx.channel_id, fingerprints)
     rows = []
-    for chat_id in sorted(set(chat_ids)):
+    for chat_id in sorted(fingerprints):
         old = current.get(chat_id)
         start, end = extend_coverage(window, old.span if old else None)
         rows.append({
@@ -51,6 +50,7 @@ def extend(conn: sa.Connection, ctx: ChunkContext, chat_ids: Collection[str], wi
             "covered_from": None if start is None else to_utc(start),
             "covered_to": to_utc(end),
             "has_messages": bool(old and old.has_messages) or chat_id in with_messages,
+            "fingerprint": fingerprints[chat_id],
         })
     stmt = sql.insert(chat_coverage, conn.dialect)
     conn.execute(
@@ -60,6 +60,7 @@ def extend(conn: sa.Connection, ctx: ChunkContext, chat_ids: Collection[str], wi
                 "covered_from": stmt.excluded.covered_from,
                 "covered_to": stmt.excluded.covered_to,
                 "has_messages": stmt.excluded.has_messages,
+                "fingerprint": stmt.excluded.fingerprint,
                 "updated_at": sa.func.now(),
             },
         ),

@@ -210,6 +210,7 @@ chat_coverage = sa.Table(
     sa.Column("covered_from", UtcDateTime),  # NULL: since the beginning of the chat
     sa.Column("covered_to", UtcDateTime, nullable=False),
     sa.Column("has_messages", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("fingerprint", sa.Text),  # planning.chat_fingerprint of the chat's last commit
     _updated_at(),
     sa.PrimaryKeyConstraint("channel_id", "chat_id"),
 )

@@ -15,11 +15,11 @@ import pandas as pd
 import sqlalchemy as sa
 
 from waha_pipeline.crm import commit, coverage, ledger, sql
-from waha_pipeline.crm.coverage import Coverage
 from waha_pipeline.crm.records import ChannelRecord, ChunkRecord, CommitResult, PlanRecord
 from waha_pipeline.crm.schema import channels, import_chunks, import_plans, message_rejects, messages, sessions
 from waha_pipeline.domain import ids
 from waha_pipeline.domain.batch import ChunkBatch, conform
+from waha_pipeline.domain.coverage import Coverage
 from waha_pipeline.domain.planning import ChannelPlan, PlannedChat
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,11 @@ class CrmStore:
     # -- ledger ---------------------------------------------------------------------------------------------
 
     def record_plan(self, tenant_id: str, channel_id: str, plan: ChannelPlan, plan_id: str) -> None:
+        """Statuses follow the latest plan at once, also when it leaves every chat out as up to date (SPEC 6.4)."""
         with self.engine.begin() as conn:
+            ledger.lock_channel(conn, channel_id)
             ledger.record_plan(conn, tenant_id, channel_id, plan, plan_id)
+            commit.update_statuses(conn, channel_id, plan.plan_time, plan.session_timeout_minutes)
 
     def latest_plan(self, channel_id: str) -> PlanRecord | None:
         with self.engine.connect() as conn:
@@ -143,8 +146,9 @@ class CrmStore:
             rows = conn.execute(stmt).all()
         return conform(pd.DataFrame(rows, columns=list(STORED_MESSAGE_COLUMNS)), STORED_MESSAGE_COLUMNS)
 
-    def chat_coverage(self, channel_id: str, chat_ids: Collection[str]) -> dict[str, Coverage]:
-        """What each chat already has in the CRM, so a re-import fetches only the rest (domain.coverage)."""
+    def chat_coverage(self, channel_id: str, chat_ids: Collection[str] | None = None) -> dict[str, Coverage]:
+        """What each chat (default: every chat of the channel) already has in the CRM, so a re-import plans and
+        fetches only the rest (domain.coverage)."""
         with self.engine.connect() as conn:
             return coverage.read(conn, channel_id, chat_ids)
 

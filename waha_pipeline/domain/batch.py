@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
+
+if TYPE_CHECKING:  # planning imports identity, which imports this module
+    from waha_pipeline.domain.planning import PlannedChat
 
 # contact_id is deterministic (ids.contact_id); phone/lid are digits only; group_id is the full "...@g.us" id.
 CONTACT_COLUMNS: dict[str, str] = {
@@ -97,4 +101,4 @@ class ChunkBatch:
     messages: pd.DataFrame = field(default_factory=lambda: empty_frame(MESSAGE_COLUMNS))
     rejects: pd.DataFrame = field(default_factory=lambda: empty_frame(REJECT_COLUMNS))
     chats: int = 0
-    chat_ids: tuple[str, ...] = ()  # every chat of the chunk: their window is covered once this commits
+    planned_chats: tuple[PlannedChat, ...] = ()  # every chat of the chunk: its window is covered once this commits

@@ -5,11 +5,24 @@ the beginning) whose messages are all in the CRM. A re-import fetches only the w
 inclusive bounds at the seams (messages sharing the boundary second are fetched again and deduplicated by id),
 so an unchanged channel costs a request or two per chat instead of its whole history (SPEC 6.7 still holds: the
 union of what is stored is exactly what one clean import of the same messages would store).
+
+A chat can also be left out of a plan altogether (`up_to_date`) when WAHA's chat list shows no message since its
+coverage ends and nothing else that shapes its rows changed. Its coverage then stays where it was, so a later plan
+checks the same gap again: trusting the chat list can delay a message, never drop it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 Span = tuple[int | None, int]  # (from, to), inclusive; from None = unbounded below
+
+
+@dataclass(frozen=True)
+class Coverage:
+    span: Span
+    has_messages: bool
+    fingerprint: str | None = None  # what the chat's last commit was computed from (planning.chat_fingerprint)
 
 
 def missing_ranges(window: Span, covered: Span | None) -> list[Span]:
@@ -38,3 +51,14 @@ def extend_coverage(window: Span, covered: Span | None) -> Span:
         return window
     lower = None if start is None or cov_from is None else min(start, cov_from)
     return lower, max(end, cov_to)
+
+
+def up_to_date(window: Span, covered: Coverage | None, last_message_at: int | None, fingerprint: str) -> bool:
+    """Nothing of this chat can change by importing `window`: the part of it not covered lies after the coverage,
+    WAHA lists the chat's last message strictly before the coverage ends (a message in the seam second could have
+    arrived after that import), and the chat was last committed from the same identity and timeout."""
+    if covered is None or last_message_at is None or covered.fingerprint != fingerprint:
+        return False
+    cov_to = covered.span[1]
+    return last_message_at < cov_to and all(start is not None and start >= cov_to
+                                           for start, _ in missing_ranges(window, covered.span))

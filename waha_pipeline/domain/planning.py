@@ -5,14 +5,17 @@ Pure: the caller passes the raw chat list, the lid mapping and `plan_time`; noth
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
+import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from waha_pipeline.domain.chat_ids import ChatKind, classify_chat_id, is_importable, normalize_chat_id, user_part
+from waha_pipeline.domain.coverage import Coverage, up_to_date
 from waha_pipeline.domain.identity import is_just_the_number
 
 
@@ -96,6 +99,20 @@ def _digits(value: str | None) -> str | None:
     return user if user.isascii() and user.isdigit() else None
 
 
+def _last_message_at(raw: dict) -> int | None:
+    """The chat's last activity in Unix seconds as the chat list gives it (NOWEB/GOWS `conversationTimestamp`,
+    WEBJS `timestamp`); None when absent or not a number, which makes the chat count as changed."""
+    value = raw.get("conversationTimestamp", raw.get("timestamp"))
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def chat_fingerprint(chat: PlannedChat, session_timeout_minutes: int) -> str:
+    """Everything besides its messages that a chat's committed rows were computed from: its identity as planned
+    (name, phone, lid) and the timeout its sessions were split with."""
+    fields = [*dataclasses.astuple(chat), session_timeout_minutes]
+    return hashlib.sha1(json.dumps(fields).encode()).hexdigest()
+
+
 def _name(raw: object) -> str | None:
     return (raw.strip() or None) if isinstance(raw, str) else None
 
@@ -137,12 +154,17 @@ def plan_channel(
     chunk_size: int,
     session_timeout_minutes: int,
     include_groups: bool,
+    known: Mapping[str, Coverage] | None = None,
 ) -> ChannelPlan:
     """Filter, resolve and chunk a channel's chat list; the same inputs in any order give the same plan.
 
     Duplicate listings of one chat collapse to one (the best name wins, so listing order cannot change the
     plan; each extra listing is counted as skipped "duplicate"). A contact's @c.us chat and the @lid chats
     mapped to its phone land in one chunk, so one chunk owns all of that contact's messages and sessions.
+
+    `known` is the CRM's coverage per chat: a contact whose every chat is `coverage.up_to_date` is left out of the
+    plan (counted as skipped "up_to_date"), so re-importing an unchanged channel fetches no messages. Groups are
+    always imported: their senders' identities depend on more than the group's own listing.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -160,18 +182,23 @@ def plan_channel(
     skipped: Counter[str] = Counter()
     names: dict[str, str | None] = {}
     kinds: dict[str, ChatKind] = {}
+    last_message_at: dict[str, int | None] = {}
     for raw in raw_chats:
         chat_id = normalize_chat_id(raw.get("id")) if isinstance(raw, dict) else None
         if chat_id is None:
             skipped["no_id"] += 1
             continue
         name = _name(raw.get("name"))
+        at = _last_message_at(raw)
         if chat_id in names:
             skipped["duplicate"] += 1
             names[chat_id] = min(names[chat_id], name, key=_name_rank)
+            before = last_message_at[chat_id]
+            last_message_at[chat_id] = None if before is None or at is None else max(before, at)
             continue
         names[chat_id] = name
         kinds[chat_id] = classify_chat_id(chat_id)
+        last_message_at[chat_id] = at
 
     planned: list[PlannedChat] = []
     for chat_id, kind in kinds.items():
@@ -189,6 +216,19 @@ def plan_channel(
 
     planned.sort(key=lambda c: (_contact_key(c), c.chat_id))
     groups = [list(g) for _, g in itertools.groupby(planned, key=_contact_key)]
+    if known:
+        window = (window_start, window_end)
+
+        def unchanged(chat: PlannedChat) -> bool:
+            fingerprint = chat_fingerprint(chat, session_timeout_minutes)
+            return chat.kind != ChatKind.GROUP.value and up_to_date(
+                window, known.get(chat.chat_id), last_message_at[chat.chat_id], fingerprint
+            )
+
+        changed = [g for g in groups if not all(map(unchanged, g))]
+        if len(changed) < len(groups):
+            skipped["up_to_date"] = sum(map(len, groups)) - sum(map(len, changed))
+            groups = changed
     slug = channel_slug(waha_session)
     chunks = tuple(
         ChunkPlan(key=chunk_key(slug, k), index=k, chats=tuple(chats))

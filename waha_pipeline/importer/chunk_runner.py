@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 from sqlalchemy import exc as sa_exc
 
-from waha_pipeline.crm.coverage import Coverage
+from waha_pipeline.domain.coverage import Coverage
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.errors import ChunkError, WahaPermanentError, WahaSessionNotFound
 from waha_pipeline.importer import stages

@@ -58,6 +58,7 @@ async def plan_and_record(
         chunk_size=request.chunk_size,
         session_timeout_minutes=request.session_timeout_minutes or channel.session_timeout_minutes or 30,
         include_groups=request.include_groups,
+        known=store.chat_coverage(channel.id),
     )
     plan_id = ids.plan_id(channel.id, plan_time)
     store.record_plan(tenant_id, channel.id, plan, plan_id)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import orjson
 import pandas as pd
 
-from waha_pipeline.crm.coverage import Coverage
 from waha_pipeline.crm.store import CommitResult, CrmStore
 from waha_pipeline.domain.batch import (
     CONTACT_COLUMNS,
@@ -24,7 +23,7 @@ from waha_pipeline.domain.batch import (
     conform,
     empty_frame,
 )
-from waha_pipeline.domain.coverage import Span, missing_ranges
+from waha_pipeline.domain.coverage import Coverage, Span, missing_ranges
 from waha_pipeline.domain.identity import named_by_push, resolve_contacts
 from waha_pipeline.domain.messages import map_messages
 from waha_pipeline.domain.planning import PlannedChat
@@ -190,6 +189,6 @@ def commit(store: CrmStore, work: ChunkWork, assigned: Assigned) -> CommitResult
         messages=conform(assigned.messages, MESSAGE_COLUMNS),
         rejects=assigned.rejects,
         chats=len(work.chats),
-        chat_ids=tuple(c.chat_id for c in work.chats),
+        planned_chats=work.chats,
     )
     return store.commit_chunk(batch)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from waha_pipeline.domain.coverage import extend_coverage, missing_ranges
+from waha_pipeline.domain.coverage import Coverage, extend_coverage, missing_ranges, up_to_date
 
 
 @pytest.mark.parametrize(
@@ -48,3 +48,35 @@ def test_every_second_of_the_window_is_fetched_or_already_covered(window, covere
     if _within(t, new):
         assert _within(t, window) or (covered is not None and _within(t, covered))
     assert _within(window[1], new)
+
+
+FP = "fingerprint"
+
+
+@pytest.mark.parametrize(
+    ("window", "covered", "last_message_at", "fingerprint", "expected"),
+    [
+        ((150, 300), Coverage((100, 200), True, FP), 199, FP, True),
+        ((None, 300), Coverage((None, 200), True, FP), 150, FP, True),
+        ((150, 200), Coverage((100, 200), True, FP), 150, FP, True),
+        ((150, 300), Coverage((100, 200), True, FP), 200, FP, False),
+        ((150, 300), Coverage((100, 200), True, FP), 250, FP, False),
+        ((50, 300), Coverage((100, 200), True, FP), 150, FP, False),
+        ((None, 300), Coverage((100, 200), True, FP), 150, FP, False),
+        ((150, 300), Coverage((100, 200), True, "other"), 150, FP, False),
+        ((150, 300), Coverage((100, 200), True, None), 150, FP, False),
+        ((150, 300), Coverage((100, 200), True, FP), None, FP, False),
+        ((150, 300), None, 150, FP, False),
+    ],
+    ids=["later-window", "whole-history", "inside", "message-in-seam-second", "newer-message", "older-part-missing",
+         "unbounded-below-missing", "identity-changed", "no-fingerprint-yet", "no-chat-timestamp", "never-imported"],
+)
+def test_up_to_date(window, covered, last_message_at, fingerprint, expected) -> None:
+    assert up_to_date(window, covered, last_message_at, fingerprint) is expected
+
+
+@given(window=spans, covered=spans, last=st.integers(0, 100), t=st.integers(0, 100))
+def test_up_to_date_only_when_every_message_of_the_window_is_stored(window, covered, last, t) -> None:
+    """A message at `t` (the chat list says none is later than `last`) is either stored or makes the chat due."""
+    if t <= last and _within(t, window) and up_to_date(window, Coverage(covered, True, FP), last, FP):
+        assert _within(t, covered)

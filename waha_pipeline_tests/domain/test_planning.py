@@ -9,10 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from waha_pipeline.domain.coverage import Coverage
 from waha_pipeline.domain.planning import (
     ChannelPlan,
     PlannedChat,
     channel_slug,
+    chat_fingerprint,
     chunk_key,
     plan_channel,
     plan_window,
@@ -251,3 +253,77 @@ def test_duplicate_names_in_opposite_orders_plan_the_same() -> None:
     """Guard: two listings of one chat with different names in opposite orders still plan the same."""
     a = [{"id": "5511@c.us", "name": "B"}, {"id": "5511@c.us", "name": "A"}]
     assert plan(a) == plan(a[::-1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# TESTS: leaving up-to-date contacts out of a re-plan
+
+LATER = PLAN_TIME + 3_600
+CHATS = [
+    {"id": "5511900000001@c.us", "name": "Ana", "conversationTimestamp": PLAN_TIME - 100},
+    {"id": "900001@lid", "name": None, "conversationTimestamp": PLAN_TIME - 50},  # Ana's lid chat
+    {"id": "5511900000002@c.us", "name": "Bia", "conversationTimestamp": PLAN_TIME - 10},
+    {"id": "5511900000003@c.us", "name": "Caio", "conversationTimestamp": PLAN_TIME - 10},
+]
+LIDS = {"900001@lid": "5511900000001@c.us"}
+
+
+def known_after(first: ChannelPlan, timeout: int = 30) -> dict[str, Coverage]:
+    """The coverage the chunks of `first` leave behind once committed."""
+    return {c.chat_id: Coverage((first.window_start, first.window_end), True, chat_fingerprint(c, timeout))
+            for c in all_chats(first)}
+
+
+def test_replan_leaves_out_contacts_with_nothing_new() -> None:
+    first = plan(CHATS, LIDS)
+    again = plan(CHATS, LIDS, plan_time=LATER, known=known_after(first))
+    assert again.chunks == ()
+    assert again.skipped == {"up_to_date": 4}
+
+
+def test_one_new_message_brings_back_its_whole_contact() -> None:
+    first = plan(CHATS, LIDS)
+    chats = [dict(c, conversationTimestamp=LATER - 5) if c["id"] == "900001@lid" else c for c in CHATS]
+    again = plan(chats, LIDS, plan_time=LATER, known=known_after(first))
+    assert sorted(c.chat_id for c in all_chats(again)) == ["5511900000001@c.us", "900001@lid"]
+    assert again.skipped == {"up_to_date": 2}
+
+
+@pytest.mark.parametrize(
+    ("change", "due"),
+    [
+        (lambda chats, lids, kw: (chats[:2] + [dict(chats[2], name="Bia Souza")] + chats[3:], lids, kw),
+         ["5511900000002@c.us"]),
+        (lambda chats, lids, kw: (chats, {**lids, "900003@lid": "5511900000003@c.us"}, kw),
+         ["5511900000003@c.us"]),  # the phone contact now carries a lid
+        (lambda chats, lids, kw: (chats[:3] + [{k: v for k, v in chats[3].items() if k != "conversationTimestamp"}],
+                                  lids, kw), ["5511900000003@c.us"]),
+        (lambda chats, lids, kw: (chats, lids, {**kw, "session_timeout_minutes": 60}),
+         ["5511900000001@c.us", "5511900000002@c.us", "5511900000003@c.us", "900001@lid"]),
+        (lambda chats, lids, kw: (chats, lids, {**kw, "days": 365}),
+         ["5511900000001@c.us", "5511900000002@c.us", "5511900000003@c.us", "900001@lid"]),
+    ],
+    ids=["renamed", "lid-learned", "no-chat-timestamp", "other-timeout", "wider-window"],
+)
+def test_what_makes_a_chat_due_again(change, due) -> None:
+    first = plan(CHATS, LIDS)
+    chats, lids, kw = change(CHATS, LIDS, {"plan_time": LATER})
+    again = plan(chats, lids, known=known_after(first), **kw)
+    assert sorted(c.chat_id for c in all_chats(again)) == due
+
+
+def test_groups_are_always_replanned() -> None:
+    chats = [*CHATS, {"id": "1203630001@g.us", "name": "Team", "conversationTimestamp": PLAN_TIME - 100}]
+    first = plan(chats, LIDS, include_groups=True)
+    again = plan(chats, LIDS, plan_time=LATER, include_groups=True, known=known_after(first))
+    assert [c.chat_id for c in all_chats(again)] == ["1203630001@g.us"]
+
+
+def test_webjs_timestamp_and_duplicate_listings() -> None:
+    """WEBJS lists `timestamp`; a chat listed twice counts with its later time, and not at all without one."""
+    first = plan(CHATS, LIDS)
+    ana, lid, bia, caio = CHATS
+    webjs = {k: v for k, v in bia.items() if k != "conversationTimestamp"} | {"timestamp": PLAN_TIME - 10}
+    chats = [ana, lid, webjs, caio, dict(caio, conversationTimestamp=LATER - 1), dict(ana, conversationTimestamp=None)]
+    again = plan(chats, LIDS, plan_time=LATER, known=known_after(first))
+    assert sorted(c.chat_id for c in all_chats(again)) == ["5511900000001@c.us", "5511900000003@c.us", "900001@lid"]
