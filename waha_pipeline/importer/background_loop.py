@@ -1,7 +1,8 @@
 """An asyncio loop on a background thread, so synchronous Dagster code can keep WAHA fetches in flight.
 
 The chunk loop submits the fetch of the next chunks while it maps and commits the current one; the WAHA
-client's own semaphore still bounds how many requests run at once.
+client's own semaphore still bounds how many requests run at once. The loop is uvloop's where it is installed:
+its C transports and scheduler cost less CPU per page request than asyncio's selector loop.
 """
 
 from __future__ import annotations
@@ -15,9 +16,17 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # e.g. on Windows, which uvloop does not support
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class BackgroundLoop:
     def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="waha-fetch-loop", daemon=True)
 
     def __enter__(self) -> BackgroundLoop:
