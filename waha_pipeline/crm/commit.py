@@ -1,7 +1,11 @@
 """The steps of one chunk's transaction (SPEC 6.3-6.6), each a set-based statement against staged frames.
 
 Order matters for the foreign keys and the unique lid: contacts (lid-only merges) -> messages -> rejects
--> sessions of the affected contacts -> statuses of the channel -> ledger row.
+-> sessions of the affected contacts -> coverage -> ledger row.
+
+Statuses: recording a plan sets every session of the channel to the plan's `plan_time` and timeout
+(`update_statuses`), and a commit uses the latest plan's settings (`_effective_settings`), so the sessions a commit
+writes carry the statuses the rest of the channel already has; the channel's other sessions need no update here.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ def commit_chunk(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
     affected_ids = sa.bindparam("affected", affected, type_=UUID_T, expanding=True)
     if message_frame.empty and not merged and _sessions_follow(conn, ctx.channel_id, settings):
         # Nothing new for these contacts and their sessions were split with this timeout: they stand as they
-        # are (statuses follow below). A re-import of an unchanged chunk skips reading its whole history.
+        # are, statuses included. A re-import of an unchanged chunk skips reading its whole history.
         inserted = 0
         n_sessions = _count_sessions(conn, ctx.channel_id, affected_ids)
     else:
@@ -57,7 +61,6 @@ def commit_chunk(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
     for channel_id in other_channels:  # a merged lid-only contact also had messages in other channels
         other = _effective_settings(conn, channel_id, settings.plan_time, None)
         _recompute_sessions(conn, ctx.tenant_id, channel_id, sa.select(stage_merges.c.new_id), other)
-    update_statuses(conn, ctx.channel_id, settings.plan_time, settings.timeout_minutes)
     fingerprints = {c.chat_id: chat_fingerprint(c, settings.timeout_minutes) for c in batch.planned_chats}
     coverage.extend(conn, ctx, fingerprints, set(message_frame["chat_id"].dropna()))
 

@@ -203,6 +203,18 @@ def test_statuses_follow_latest_plan_time(store: CrmStore, importer: Importer) -
     assert by_contact == {(gina["id"], "closed"), (hank["id"], "open")}
 
 
+def test_recording_a_plan_sets_every_status_without_any_commit(store: CrmStore, importer: Importer) -> None:
+    """A re-plan that leaves every chat out as up to date still moves statuses to its plan_time (SPEC 6.4)."""
+    ch = importer.channel_id
+    ivy = phone_contact("4915550009")
+    store.commit_chunk(importer.batch([ivy], [message(ch, ivy, "i1", PLAN_TIME - 10 * MIN)]))
+    assert [s.status for s in _rows(store, schema.sessions)] == ["open"]
+    importer.plan(plan_time=PLAN_TIME + 3600, chunks=0)
+    assert [s.status for s in _rows(store, schema.sessions)] == ["closed"]
+    importer.plan(plan_time=PLAN_TIME + 7200, timeout=24 * 60, chunks=0)  # and to its timeout
+    assert [s.status for s in _rows(store, schema.sessions)] == ["open"]
+
+
 def test_rejects_are_idempotent(store: CrmStore, importer: Importer) -> None:
     ch = importer.channel_id
     alice = phone_contact("4915550001")
