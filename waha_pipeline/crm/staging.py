@@ -9,10 +9,13 @@ chunk cost ~20 ms of catalog writes); on SQLite they are dropped and re-created 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+import io
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 import sqlalchemy as sa
 from sqlalchemy.schema import CreateTable
 
@@ -114,24 +117,37 @@ def clear(conn: sa.Connection, table: sa.Table) -> None:
 
 def load(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> int:
     """Bulk-load the frame's columns named like the table's (missing ones as NULL); returns the row count."""
-    names = [c.name for c in table.columns]
-    rows = list(zip(*(_python_values(frame, name) for name in names), strict=True)) if len(frame) else []
-    if not rows:
+    if not len(frame):
         return 0
+    names = [c.name for c in table.columns]
     if conn.dialect.name == "postgresql":
-        _copy(conn, table.name, names, rows)
+        _copy_csv(conn, table.name, names, frame)
     else:
+        rows = list(zip(*(_python_values(frame, name) for name in names), strict=True))
         placeholders = ", ".join("?" for _ in names)
         conn.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({placeholders})", rows)
-    return len(rows)
+    return len(frame)
 
 
-def _copy(conn: sa.Connection, table: str, names: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
+def _copy_csv(conn: sa.Connection, table: str, names: Sequence[str], frame: pd.DataFrame) -> None:
+    """COPY the columns as CSV written by Arrow's C++ writer: ~10x less CPU than formatting row by row.
+
+    Arrow quotes every string and writes NULL as an empty unquoted field, which is exactly how PostgreSQL's CSV
+    format tells an empty string from NULL; quotes are doubled and newlines stay inside the quotes.
+    """
+    columns = [
+        pa.Array.from_pandas(frame[name]) if name in frame.columns else pa.nulls(len(frame), pa.string())
+        for name in names
+    ]
+    sink = io.BytesIO()
+    pa_csv.write_csv(pa.table(columns, names=list(names)), sink, _CSV_OPTIONS)
     driver_connection = conn.connection.driver_connection  # psycopg 3, inside the same transaction
     with driver_connection.cursor() as cursor:  # type: ignore[union-attr]
-        with cursor.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+        with cursor.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN WITH (FORMAT csv)") as copy:
+            copy.write(sink.getbuffer())
+
+
+_CSV_OPTIONS = pa_csv.WriteOptions(include_header=False, quoting_style="needed")
 
 
 def _python_values(frame: pd.DataFrame, name: str) -> list[Any]:
