@@ -44,6 +44,9 @@ def prepare(settings: Settings) -> dg.DagsterInstance:
     if not config.exists():
         config.write_text(DEFAULT_INSTANCE_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
+    # A new run's planned-materialization events (five per chunk) reach the event log as one batch, which the
+    # embedded storage writes in one transaction per shard (defs/sqlite_event_log.py).
+    os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "1000")
     upgrade(settings.database_url)
     return dg.DagsterInstance.get()
 

@@ -2,7 +2,7 @@
 
 Pins: what one instance writes, another process-level instance reads (as the webserver would); a watcher on a
 run sees the run's events live (the webserver's run view watches `<run_id>.db`); only a few run shards stay open;
-wipe leaves no handle on an unlinked file.
+wipe leaves no handle on an unlinked file; a batch of events is stored whole or not at all.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.events.log import EventLogEntry
 
 from waha_pipeline.cli.commands import DEFAULT_INSTANCE_YAML
 from waha_pipeline.defs.sqlite_event_log import OPEN_RUN_SHARDS, PooledSqliteEventLogStorage
@@ -92,3 +93,48 @@ def test_only_a_few_run_shards_stay_open_and_wipe_closes_them(home: Path) -> Non
         instance.wipe()
         assert storage._engines == {} or set(storage._engines) <= {"index"}
         assert not list((home / "history" / "runs").glob(f"{run_ids[0]}.db"))
+
+
+def _replayed(instance: dg.DagsterInstance, run_id: str) -> list[EventLogEntry]:
+    """A finished run's events under a new run id: a batch to store again."""
+    return [entry._replace(run_id=run_id) for entry in instance.all_logs(_quiet_run(instance).run_id)]
+
+
+def test_a_batch_lands_whole_in_the_run_shard_and_the_index(home: Path) -> None:
+    with dg.DagsterInstance.get() as writer, dg.DagsterInstance.get() as reader:
+        storage = writer.event_log_storage
+        run_id = str(uuid.uuid4())
+        batch = _replayed(writer, run_id)
+        storage.store_event_batch(batch)
+        assert [e.dagster_event_type for e in reader.all_logs(run_id)] == [e.dagster_event_type for e in batch]
+        indexed = reader.fetch_materializations(dg.AssetKey("chunk"), limit=1000).records
+        assert sum(1 for r in indexed if r.run_id == run_id) == PARTITIONS
+        storage.store_event(batch[0]._replace(run_id=str(uuid.uuid4())))  # the lock and the shards are free again
+
+
+def test_a_failing_batch_keeps_nothing_so_dagster_can_store_it_event_by_event(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with dg.DagsterInstance.get() as writer:
+        storage = writer.event_log_storage
+        run_id = str(uuid.uuid4())
+        batch = _replayed(writer, run_id)
+        real_store = storage.store_event
+        stored: list[EventLogEntry] = []
+
+        def store_then_fail(event: EventLogEntry) -> None:
+            if len(stored) == PARTITIONS // 2:
+                raise OSError("disk full")
+            real_store(event)
+            stored.append(event)
+
+        monkeypatch.setattr(storage, "store_event", store_then_fail)
+        with pytest.raises(OSError, match="disk full"):
+            storage.store_event_batch(batch)
+        monkeypatch.setattr(storage, "store_event", real_store)
+        assert writer.all_logs(run_id) == []
+        assert not [r for r in writer.fetch_materializations(dg.AssetKey("chunk"), limit=1000).records
+                    if r.run_id == run_id]
+        for event in batch:  # Dagster's fallback after a failed batch
+            storage.store_event(event)
+        assert len(writer.all_logs(run_id)) == len(batch)
