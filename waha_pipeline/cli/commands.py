@@ -60,6 +60,7 @@ def import_channel(settings: Settings, args: argparse.Namespace) -> int:
         session_timeout_minutes=args.session_timeout_minutes,
         chunk_size=args.chunk_size,
         include_groups=args.include_groups,
+        all_chats=args.all_chats,
     )
     with prepare(settings) as instance:
         planned = run_plan(instance, defs, slug, config, settings.require_waha())

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session-timeout-minutes", type=_int_in("--session-timeout-minutes", 1), default=None)
     p.add_argument("--chunk-size", type=_int_in("--chunk-size", 1, 500), default=50)
     p.add_argument("--include-groups", action="store_true")
+    p.add_argument("--all-chats", action="store_true",
+                   help="plan every chat, also those WAHA's chat list shows with nothing new since the last import")
 
     for name, text in (("status", "per-chunk state of the latest plan"), ("rerun-failed", "re-run failed chunks")):
         sub.add_parser(name, help=text).add_argument("channel", help="WAHA session name")
@@ -148,7 +150,7 @@ def _demo() -> int:
         settings = Settings.from_env()
         print(f"WAHA simulator on {sim.base_url} (seed-sized dataset); importing channel 'demo' ...")
         code = commands.import_channel(settings, argparse.Namespace(
-            channel="demo", days=0, session_timeout_minutes=None, chunk_size=50, include_groups=False,
+            channel="demo", days=0, session_timeout_minutes=None, chunk_size=50, include_groups=False, all_chats=False,
         ))
         requests = {k: v for k, v in sim.stats().items() if k in ("total", "sessions", "chats", "messages", "lids")}
     wall = time.monotonic() - started

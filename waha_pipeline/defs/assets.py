@@ -38,6 +38,7 @@ class PlanConfig(dg.Config):
     session_timeout_minutes: int | None = None
     chunk_size: int = 50
     include_groups: bool = False
+    all_chats: bool = False  # also chats the chat list shows unchanged (when an engine's list lags behind)
 
 
 @dg.asset(
@@ -52,6 +53,7 @@ def channel_plan(context: dg.AssetExecutionContext, config: PlanConfig, waha: Wa
         session_timeout_minutes=config.session_timeout_minutes,
         chunk_size=config.chunk_size,
         include_groups=config.include_groups,
+        all_chats=config.all_chats,
     )
 
     async def plan() -> tuple:

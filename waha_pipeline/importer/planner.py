@@ -19,6 +19,7 @@ class PlanRequest:
     session_timeout_minutes: int | None = None  # None: the channel's own setting (default 30)
     chunk_size: int = 50
     include_groups: bool = False
+    all_chats: bool = False  # True: no contact is left out as up to date
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ async def plan_and_record(
         chunk_size=request.chunk_size,
         session_timeout_minutes=request.session_timeout_minutes or channel.session_timeout_minutes or 30,
         include_groups=request.include_groups,
-        known=store.chat_coverage(channel.id),
+        known=None if request.all_chats else store.chat_coverage(channel.id),
     )
     plan_id = ids.plan_id(channel.id, plan_time)
     store.record_plan(tenant_id, channel.id, plan, plan_id)

@@ -88,3 +88,20 @@ def test_renamed_chat_is_imported_again_for_its_name(env, sim, capsys) -> None:
     assert chat.id in chunk["chat_ids"]
     assert query(url, "select name from contacts where phone = :p", p=chat.id.split("@")[0]) == [(chat.name,)]
     assert_matches(snapshot(url), union_truth(sim, first, latest))
+
+
+def test_all_chats_plans_and_fetches_every_chat_again_and_changes_nothing(env, sim, capsys) -> None:
+    """The escape hatch for an engine whose chat list lags: no contact is left out as up to date."""
+    url = env["DATABASE_URL"]
+    imported(capsys)
+    first = latest_plan(url)
+    before = snapshot(url)
+    sim.reset_stats()
+    imported(capsys, "--all-chats")
+    again = latest_plan(url)
+    planned = sorted(chat_id for c in first["chunks"] for chat_id in c["chat_ids"])
+    assert sorted(chat_id for c in again["chunks"] for chat_id in c["chat_ids"]) == planned
+    assert sorted(sim.stats()["messages_by_chat"]) == planned
+    after = snapshot(url)
+    assert after["ids"] == before["ids"] and after["message_sessions"] == before["message_sessions"]
+    assert_matches(after, union_truth(sim, first, again))
