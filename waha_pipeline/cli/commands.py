@@ -66,7 +66,8 @@ def import_channel(settings: Settings, args: argparse.Namespace) -> int:
         planned = run_plan(instance, defs, slug, config, settings.require_waha())
         if not planned.success or planned.plan_id is None:
             raise PipelineError(f"planning channel {args.channel!r} failed: {planned.error}")
-        print(f"plan {planned.plan_id}: {len(planned.chunk_keys)} chunk(s) for channel {args.channel!r}")
+        unchanged = f"; {planned.up_to_date} chat(s) up to date, left out" if planned.up_to_date else ""
+        print(f"plan {planned.plan_id}: {len(planned.chunk_keys)} chunk(s) for channel {args.channel!r}{unchanged}")
         run_chunks(instance, defs, slug, planned.chunk_keys, settings.require_waha())
     return _report(settings, planned.plan_id, args.channel)
 

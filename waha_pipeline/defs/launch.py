@@ -28,6 +28,7 @@ class PlannedRun:
     plan_id: str | None
     chunk_keys: list[str]
     error: str | None
+    up_to_date: int = 0  # chats left out of the plan because nothing of theirs changed
 
 
 def contiguous_ranges(ordered: Sequence[str], wanted: Sequence[str], max_len: int) -> list[list[str]]:
@@ -71,8 +72,9 @@ def run_plan(
     metadata = materialization.metadata
     plan_id = str(metadata["plan_id"].value)
     chunk_keys = list(metadata["chunk_keys"].value)  # type: ignore[arg-type]
+    up_to_date = int(metadata["skipped_chats"].value.get("up_to_date", 0))  # type: ignore[union-attr]
     add_partitions(instance, CHUNKS, chunk_keys)
-    return PlannedRun(result.run_id, True, plan_id, chunk_keys, None)
+    return PlannedRun(result.run_id, True, plan_id, chunk_keys, None, up_to_date)
 
 
 def run_chunks(

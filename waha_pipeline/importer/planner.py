@@ -49,6 +49,11 @@ async def plan_and_record(
 ) -> RecordedPlan:
     tenant_id = session.tenant_id or default_tenant
     channel = store.ensure_channel(tenant_id, session.name, session.me_push_name or session.name)
+    latest = store.latest_plan(channel.id)
+    if latest is not None and latest.plan_time >= plan_time:
+        # A second plan within the same second would get the first one's id, and recording it would keep the
+        # first plan's chunks under the new plan's keys: plans of a channel get strictly later times instead.
+        plan_time = latest.plan_time + 1
     chats = asyncio.ensure_future(client.list_chats(session.name))  # both lists at once: two fewer round trips
     try:
         lid_map = await client.lid_map(session.name)

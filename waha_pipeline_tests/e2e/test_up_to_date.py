@@ -5,11 +5,13 @@ fetches exactly the contacts that changed, and still equals the simulator's trut
 from __future__ import annotations
 
 import time
+import types
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from waha_pipeline.defs import assets
 from waha_pipeline.simulator.dataset import DIRECT, DatasetSpec
 from waha_pipeline.simulator.server import run_in_thread
 from waha_pipeline.simulator.state import ChatIndex
@@ -32,9 +34,10 @@ def union_truth(sim: Any, first: dict[str, Any], latest: dict[str, Any]) -> dict
                  plan_time=latest["plan_time"], timeout_minutes=latest["timeout"])
 
 
-def imported(capsys: pytest.CaptureFixture[str], *args: str) -> None:
+def imported(capsys: pytest.CaptureFixture[str], *args: str) -> str:
     code, out, err = cli(capsys, "import", "demo", *args)
     assert code == 0, out + err
+    return out
 
 
 def test_unchanged_channel_fetches_no_messages_and_one_new_message_fetches_its_contact(env, sim, capsys) -> None:
@@ -50,8 +53,9 @@ def test_unchanged_channel_fetches_no_messages_and_one_new_message_fetches_its_c
     assert len(untimed) == 1
 
     sim.reset_stats()
-    imported(capsys)
+    out = imported(capsys)
     again = latest_plan(url)
+    assert f"1 chunk(s) for channel 'demo'; {planned_chats - len(untimed)} chat(s) up to date, left out" in out
     assert [c["chat_ids"] for c in again["chunks"]] == [sorted(untimed)]
     assert set(sim.stats()["messages_by_chat"]) == untimed
     skipped = query(url, "select skipped from import_plans where id = :p", p=again["id"])[0][0]
@@ -105,3 +109,17 @@ def test_all_chats_plans_and_fetches_every_chat_again_and_changes_nothing(env, s
     after = snapshot(url)
     assert after["ids"] == before["ids"] and after["message_sessions"] == before["message_sessions"]
     assert_matches(after, union_truth(sim, first, again))
+
+
+def test_two_imports_within_one_second_get_two_plans(env, sim, capsys, monkeypatch) -> None:
+    """The second plan is recorded as its own (one second later), not folded into the first plan's id."""
+    url = env["DATABASE_URL"]
+    frozen = int(time.time())
+    monkeypatch.setattr(assets, "time", types.SimpleNamespace(time=lambda: float(frozen)))
+    imported(capsys, "--days", "30")
+    first = latest_plan(url)
+    imported(capsys, "--days", "180")
+    second = latest_plan(url)
+    assert (first["plan_time"], second["plan_time"]) == (frozen, frozen + 1)
+    assert second["id"] != first["id"] and second["window_start"] == frozen + 1 - 180 * 86400
+    assert_matches(snapshot(url), union_truth(sim, second, second))
