@@ -76,12 +76,15 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
     store = CrmStore.from_url(settings.database_url)
     try:
         plan_id = _latest_plan_id(store, args.channel)
+        plan = store.get_plan(plan_id)
         chunks = store.plan_chunks(plan_id)
     finally:
         store.dispose()
     print(chunk_table(chunks))
     counts = state_counts(chunks)
-    print(", ".join(f"{n} {state}" for state, n in counts.items()))
+    unchanged = plan.skipped.get("up_to_date", 0) if plan else 0
+    left_out = f"; {unchanged} chat(s) up to date, left out of this plan" if unchanged else ""
+    print(", ".join(f"{n} {state}" for state, n in counts.items()) + left_out)
     return EXIT_OK
 
 

@@ -60,6 +60,8 @@ def test_unchanged_channel_fetches_no_messages_and_one_new_message_fetches_its_c
     assert set(sim.stats()["messages_by_chat"]) == untimed
     skipped = query(url, "select skipped from import_plans where id = :p", p=again["id"])[0][0]
     assert skipped["up_to_date"] == planned_chats - len(untimed)
+    code, out, _ = cli(capsys, "status", "demo")
+    assert code == 0 and f"; {planned_chats - len(untimed)} chat(s) up to date, left out of this plan" in out
     after = snapshot(url)
     assert after["ids"] == before["ids"] and after["message_sessions"] == before["message_sessions"]
     assert_matches(after, union_truth(sim, first, again))  # statuses follow the new plan_time without any chunk
