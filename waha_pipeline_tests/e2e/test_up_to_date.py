@@ -64,7 +64,7 @@ def test_unchanged_channel_fetches_no_messages_and_one_new_message_fetches_its_c
     assert code == 0 and f"; {planned_chats - len(untimed)} chat(s) up to date, left out of this plan" in out
     after = snapshot(url)
     assert after["ids"] == before["ids"] and after["message_sessions"] == before["message_sessions"]
-    assert_matches(after, union_truth(sim, first, again))  # statuses follow the new plan_time without any chunk
+    assert_matches(after, union_truth(sim, first, again))  # statuses: set when the plan was recorded
 
     chat, template = text_template(sim, DIRECT)
     time.sleep(max(0.0, again["plan_time"] + 2 - time.time()))  # the new message is later than every coverage
