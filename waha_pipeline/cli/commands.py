@@ -9,7 +9,8 @@ import sys
 
 import dagster as dg
 
-from waha_pipeline.cli.report import chunk_table, state_counts
+from waha_pipeline.cli.report import chunk_table, state_counts, up_to_date_note
+from waha_pipeline.crm.records import PlanRecord
 from waha_pipeline.crm.migrate import upgrade
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.defs.assets import PlanConfig
@@ -66,8 +67,8 @@ def import_channel(settings: Settings, args: argparse.Namespace) -> int:
         planned = run_plan(instance, defs, slug, config, settings.require_waha())
         if not planned.success or planned.plan_id is None:
             raise PipelineError(f"planning channel {args.channel!r} failed: {planned.error}")
-        unchanged = f"; {planned.up_to_date} chat(s) up to date, left out" if planned.up_to_date else ""
-        print(f"plan {planned.plan_id}: {len(planned.chunk_keys)} chunk(s) for channel {args.channel!r}{unchanged}")
+        print(f"plan {planned.plan_id}: {len(planned.chunk_keys)} chunk(s) for channel {args.channel!r}"
+              + up_to_date_note(planned.up_to_date))
         run_chunks(instance, defs, slug, planned.chunk_keys, settings.require_waha())
     return _report(settings, planned.plan_id, args.channel)
 
@@ -75,16 +76,13 @@ def import_channel(settings: Settings, args: argparse.Namespace) -> int:
 def status(settings: Settings, args: argparse.Namespace) -> int:
     store = CrmStore.from_url(settings.database_url)
     try:
-        plan_id = _latest_plan_id(store, args.channel)
-        plan = store.get_plan(plan_id)
-        chunks = store.plan_chunks(plan_id)
+        plan = _latest_plan(store, args.channel)
+        chunks = store.plan_chunks(plan.id)
     finally:
         store.dispose()
     print(chunk_table(chunks))
     counts = state_counts(chunks)
-    unchanged = plan.skipped.get("up_to_date", 0) if plan else 0
-    left_out = f"; {unchanged} chat(s) up to date, left out of this plan" if unchanged else ""
-    print(", ".join(f"{n} {state}" for state, n in counts.items()) + left_out)
+    print(", ".join(f"{n} {state}" for state, n in counts.items()) + up_to_date_note(plan.skipped.get("up_to_date", 0)))
     return EXIT_OK
 
 
@@ -92,7 +90,7 @@ def rerun_failed(settings: Settings, args: argparse.Namespace) -> int:
     with prepare(settings) as instance:
         store = CrmStore.from_url(settings.database_url)
         try:
-            plan_id = _latest_plan_id(store, args.channel)
+            plan_id = _latest_plan(store, args.channel).id
             failed = [c.chunk_key for c in store.plan_chunks(plan_id) if c.status == "failed"]
         finally:
             store.dispose()
@@ -123,12 +121,12 @@ def _report(settings: Settings, plan_id: str, channel: str) -> int:
     return EXIT_OK
 
 
-def _latest_plan_id(store: CrmStore, channel: str) -> str:
+def _latest_plan(store: CrmStore, channel: str) -> PlanRecord:
     found = store.find_channel(channel)
     plan = store.latest_plan(found.id) if found else None
     if plan is None:
         raise ConfigError(f"unknown channel {channel!r}: it was never imported (run `waha-pipeline import {channel}`)")
-    return plan.id
+    return plan
 
 
 async def _require_session(settings: Settings, channel: str) -> None:

@@ -29,3 +29,8 @@ def state_counts(chunks: Sequence[ChunkLine]) -> dict[str, int]:
     for c in chunks:
         counts[c.status] = counts.get(c.status, 0) + 1
     return counts
+
+
+def up_to_date_note(chats: int) -> str:
+    """Suffix for a plan's summary line: the chats it left out because nothing of theirs changed."""
+    return f"; {chats} chat(s) up to date, left out of this plan" if chats else ""
