@@ -7,11 +7,9 @@ the circuit breaker (breaker.py) and the per-server limiter (limiter.py). Knows 
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import logging
 import random
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -40,7 +38,7 @@ from waha_pipeline.waha.breaker import BreakerPolicy, CircuitBreaker, Outcome, P
 from waha_pipeline.waha.limiter import ServerLimiter, shared_limiter
 from waha_pipeline.waha.retry import RetryBudget, RetryPolicy, classify, parse_retry_after, retry_cause
 from waha_pipeline.waha.stats import TALLY, Counters, Recorder, WahaStats
-from waha_pipeline.waha.transport import waha_transport
+from waha_pipeline.waha.transport import waha_transports
 
 __all__ = ["KINDS", "Kind", "WahaClient", "WahaStats", "WahaTimeouts"]
 
@@ -50,7 +48,6 @@ Kind = Literal["sessions", "chats", "messages", "lids"]
 KINDS: tuple[Kind, ...] = ("sessions", "chats", "messages", "lids")
 
 BODY_SNIPPET = 200
-POOL_CONNECTIONS = 4  # connections per httpx pool; see WahaClient.__init__
 MIN_MESSAGE_PAGE = 50
 PROBE_POLL_SECONDS = 0.05  # how often a request waiting for a half-open probe's verdict looks again
 STALE_PAGES_LIMIT = 3  # consecutive non-empty pages without a new item: the server ignores `offset`
@@ -102,12 +99,6 @@ class _PageTimeout(Exception):
 # ---------------------------------------------------------------------------------------------------------------
 # the client
 # ---------------------------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    """One default context for every pool and client: loading the CA bundle costs ~50 ms each time."""
-    return httpx.create_ssl_context()
 
 
 class WahaClient:
@@ -162,23 +153,17 @@ class WahaClient:
         self.limiter = limiter or shared_limiter(self.base_url, concurrency=concurrency,
                                                  rate_per_second=rate_per_second)
         self.breaker = breaker or shared_breaker(self.base_url, breaker_policy)
-        # httpcore scans every connection of its pool (and counts idle ones per connection, O(N^2)) each time a
-        # request enters or leaves it; small pools taken in turn keep that flat. Client CPU per page request at
-        # concurrency 32: 2.8 ms with pools of 8, 2.1 ms with pools of 4 (1-2 gain little more and let one slow
-        # request hold back a larger share of the round-robin).
-        pools = max(1, -(-concurrency // POOL_CONNECTIONS))
-        per_pool = -(-concurrency // pools)
-        limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool, keepalive_expiry=30.0)
+        transports = [transport] if transport else waha_transports(url, concurrency)
         self._pools = [
             httpx.AsyncClient(
                 base_url=self.base_url,
                 headers=headers,
                 timeout=self.timeouts.for_kind("sessions"),
-                transport=transport or waha_transport(limits, _ssl_context()),
+                transport=each,
                 auth=auth,
                 follow_redirects=False,
             )
-            for _ in range(pools)
+            for each in transports
         ]
         self._next_pool = itertools.cycle(self._pools)
         self._stats = Recorder()

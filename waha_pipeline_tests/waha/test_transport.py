@@ -1,52 +1,285 @@
-"""waha/transport.py over real loopback sockets: connections are reused, and one the server closed while idle is
-noticed before reuse (a new connection, not a failed request and a retry)."""
+"""waha/http11.py and waha/transport.py over real loopback sockets, against a scripted HTTP/1.1 server.
+
+The WahaClient-level tests run on both transports (plain http and the httpcore one kept for https); the framing and
+pool tests drive Http11Transport through httpx.AsyncClient, as WahaClient does.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+from collections.abc import Awaitable, Callable
 
+import httpx
 import orjson
+import pytest
 
 from waha_pipeline.waha.client import WahaClient
+from waha_pipeline.waha.http11 import Http11Transport
+from waha_pipeline.waha.transport import httpcore_transport, waha_transports
 
 SESSION = orjson.dumps({"name": "demo", "status": "WORKING", "config": None, "me": None})
+Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]  # True: keep the connection
 
 
-async def _serve(close_after_response: bool) -> tuple[asyncio.Server, list[int]]:
-    """A minimal HTTP/1.1 server answering GET /api/sessions/demo; counts the connections it accepted."""
-    accepted: list[int] = []
+def ok(body: bytes = SESSION, *, extra: bytes = b"") -> Reply:
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s"
+                     % (extra, len(body), body))
+        await writer.drain()
+        return True
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(1)
-        while (await reader.readuntil(b"\r\n\r\n")):
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (len(SESSION), SESSION))
-            await writer.drain()
-            if close_after_response:  # idle keep-alive connection dropped by the server, as proxies do
-                writer.close()
-                return
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server, accepted
+    return reply
 
 
-async def _two_requests(close_after_response: bool) -> tuple[int, int, int]:
-    server, accepted = await _serve(close_after_response)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with WahaClient(f"http://127.0.0.1:{port}", concurrency=1) as client:
+def raw(data: bytes, *, close: bool = False, hold: float = 0.0) -> Reply:
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(data)
+        await writer.drain()
+        await asyncio.sleep(hold)
+        return not close
+
+    return reply
+
+
+class Server:
+    """Answers each request with the next scripted reply; counts connections, and the most open at once."""
+
+    def __init__(self, replies: list[Reply], default: Reply | None = None) -> None:
+        self.replies = replies
+        self.default = default
+        self.connections = 0
+        self.open = 0
+        self.most_open = 0
+        self.requests: list[bytes] = []
+
+    async def __aenter__(self) -> Server:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            while True:
+                try:
+                    self.requests.append(await reader.readuntil(b"\r\n\r\n"))
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                reply = self.replies.pop(0) if self.replies else self.default
+                assert reply is not None, "more requests than scripted replies"
+                if not await reply(reader, writer):
+                    return
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+def client(url: str, **limits: float | int | None) -> httpx.AsyncClient:
+    options = {"max_connections": 4, "max_keepalive_connections": 4, "keepalive_expiry": 30.0, **limits}
+    return httpx.AsyncClient(base_url=url, transport=Http11Transport(httpx.Limits(**options)))
+
+
+# -- WahaClient on either transport -------------------------------------------------------------------------------
+
+TRANSPORTS = {
+    "http11": lambda: Http11Transport(httpx.Limits(max_connections=1)),
+    "httpcore": lambda: httpcore_transport(httpx.Limits(max_connections=1), verify=False),  # type: ignore[arg-type]
+}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize(("close_after_response", "connections"), [(False, 1), (True, 2)])
+def test_connections_are_reused_and_one_closed_by_the_server_while_idle_is_replaced_without_a_retry(
+    transport: str, close_after_response: bool, connections: int
+) -> None:
+    async def scenario() -> tuple[int, int, int]:
+        reply = raw(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(SESSION), SESSION),
+                    close=close_after_response)  # an idle keep-alive connection dropped, as proxies do
+        async with Server([], default=reply) as server, \
+                WahaClient(server.url, concurrency=1, transport=TRANSPORTS[transport]()) as waha:
             for _ in range(2):
-                assert (await client.get_session("demo")).status == "WORKING"
+                assert (await waha.get_session("demo")).status == "WORKING"
                 await asyncio.sleep(0.05)  # the close reaches the client while the connection is idle
-            stats = client.stats()
-            return len(accepted), stats.requests, stats.retries
-    finally:
-        server.close()
+            stats = waha.stats()
+            return server.connections, stats.requests, stats.retries
+
+    assert asyncio.run(scenario()) == (connections, 2, 0)
 
 
-def test_an_open_connection_is_reused() -> None:
-    assert asyncio.run(_two_requests(close_after_response=False)) == (1, 2, 0)
+def test_plain_http_gets_one_http11_transport_and_https_small_httpcore_pools() -> None:
+    [plain] = waha_transports(httpx.URL("http://waha:3000"), concurrency=32)
+    secure = waha_transports(httpx.URL("https://waha.example"), concurrency=32)
+    assert isinstance(plain, Http11Transport)
+    assert len(secure) == 8 and all(isinstance(t, httpx.AsyncHTTPTransport) for t in secure)
 
 
-def test_a_connection_closed_by_the_server_while_idle_is_replaced_without_a_retry() -> None:
-    assert asyncio.run(_two_requests(close_after_response=True)) == (2, 2, 0)
+# -- framing -----------------------------------------------------------------------------------------------------
+
+
+def test_chunked_gzip_and_close_delimited_bodies_are_read_whole() -> None:
+    body = orjson.dumps([{"id": i, "body": "x" * 50} for i in range(200)])
+    packed = gzip.compress(body)
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:1000], body[1000:5000], body[5000:]))
+    replies = [
+        raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked + b"0\r\n\r\n"),
+        raw(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(packed), packed)),
+        raw(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body, close=True),  # ends with the connection
+        ok(),
+    ]
+
+    async def scenario() -> tuple[list[bytes], int]:
+        async with Server(replies) as server, client(server.url) as http:
+            contents = [(await http.get("/x")).content for _ in range(4)]
+            return contents, server.connections
+
+    contents, connections = asyncio.run(scenario())
+    assert contents == [body, body, body, SESSION]
+    assert connections == 2  # the close-delimited reply spent its connection; the rest shared one
+
+
+def test_a_response_split_across_many_small_writes_is_reassembled() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(SESSION)
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        for i in range(0, len(head + SESSION), 7):
+            writer.write((head + SESSION)[i:i + 7])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        return True
+
+    async def scenario() -> tuple[int, bytes]:
+        async with Server([trickle]) as server, client(server.url) as http:
+            response = await http.get("/x")
+            return response.status_code, response.content
+
+    assert asyncio.run(scenario()) == (200, SESSION)
+
+
+def test_the_request_carries_method_target_query_and_headers() -> None:
+    async def scenario() -> bytes:
+        async with Server([ok()]) as server, client(server.url) as http:
+            await http.get("/api/demo/chats/1%402/messages", params={"limit": "100"}, headers={"X-Api-Key": "k"})
+            return server.requests[0]
+
+    request = asyncio.run(scenario())
+    assert request.startswith(b"GET /api/demo/chats/1%402/messages?limit=100 HTTP/1.1\r\n")
+    assert b"\r\nx-api-key: k\r\n" in request.lower() and b"\r\nhost: 127.0.0.1:" in request.lower()
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"HTP/1.1 200 OK\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"],
+    ids=["bad status line", "body cut short"],
+)
+def test_a_broken_response_is_a_protocol_error_and_spends_its_connection(garbage: bytes) -> None:
+    async def scenario() -> tuple[type[Exception], bytes, int]:
+        async with Server([raw(garbage, close=True), ok()]) as server, client(server.url) as http:
+            with pytest.raises(httpx.TransportError) as caught:
+                await http.get("/x")
+            after = (await http.get("/x")).content
+            return caught.type, after, server.connections
+
+    error, after, connections = asyncio.run(scenario())
+    assert issubclass(error, (httpx.RemoteProtocolError, httpx.ReadError)) and after == SESSION and connections == 2
+
+
+def test_bytes_after_a_complete_response_spend_the_connection() -> None:
+    """A server answering with more than it was asked must not have its extra bytes read as the next response."""
+    extra = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"
+
+    async def scenario() -> tuple[bytes, bytes, int]:
+        async with Server([raw(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst" + extra), ok()]) as server, \
+                client(server.url) as http:
+            first = (await http.get("/x")).content
+            second = (await http.get("/x")).content
+            return first, second, server.connections
+
+    assert asyncio.run(scenario()) == (b"first", SESSION, 2)
+
+
+# -- timeouts, cancellation, the pool -----------------------------------------------------------------------------
+
+
+def test_a_silent_server_is_a_read_timeout_and_the_connection_is_closed() -> None:
+    silent = raw(b"", hold=0.2)
+
+    async def scenario() -> tuple[bytes, int, int]:
+        async with Server([silent, ok()]) as server, client(server.url) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                await http.get("/x", timeout=httpx.Timeout(5.0, read=0.05))
+            after = (await http.get("/x")).content
+            await asyncio.sleep(0.3)  # the silent handler wakes up and finds its connection closed by the client
+            return after, server.connections, server.open
+
+    assert asyncio.run(scenario()) == (SESSION, 2, 1)
+
+
+def test_a_request_cancelled_mid_body_does_not_leave_its_connection_in_the_pool() -> None:
+    half = raw(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(SESSION), SESSION[:10]), hold=1.0)
+
+    async def scenario() -> tuple[bytes, int]:
+        async with Server([half, ok()]) as server, client(server.url) as http:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await http.get("/x")
+            after = (await http.get("/x")).content
+            return after, server.connections
+
+    assert asyncio.run(scenario()) == (SESSION, 2)
+
+
+def test_a_refused_connection_is_a_connect_error() -> None:
+    async def scenario() -> None:
+        probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = probe.sockets[0].getsockname()[1]
+        probe.close()
+        await probe.wait_closed()
+        async with client(f"http://127.0.0.1:{port}") as http:
+            await http.get("/x")
+
+    with pytest.raises(httpx.ConnectError):
+        asyncio.run(scenario())
+
+
+def test_connections_stay_within_the_limit_and_wait_for_a_free_one() -> None:
+    slow = raw(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(SESSION), SESSION), hold=0.02)
+
+    async def scenario() -> tuple[list[int], int, int]:
+        async with Server([], default=slow) as server, client(server.url, max_connections=2) as http:
+            codes = await asyncio.gather(*(http.get("/x") for _ in range(10)))
+            return [r.status_code for r in codes], server.connections, server.most_open
+
+    codes, connections, most_open = asyncio.run(scenario())
+    assert codes == [200] * 10 and connections == 2 and most_open == 2
+
+
+def test_no_free_connection_within_the_pool_timeout_is_a_pool_timeout() -> None:
+    async def scenario() -> None:
+        async with Server([raw(b"", hold=1.0)]) as server, client(server.url, max_connections=1) as http:
+            stuck = asyncio.ensure_future(http.get("/x"))
+            await asyncio.sleep(0.05)
+            try:
+                await http.get("/x", timeout=httpx.Timeout(5.0, pool=0.05))
+            finally:
+                stuck.cancel()
+
+    with pytest.raises(httpx.PoolTimeout):
+        asyncio.run(scenario())
+
+
+def test_an_idle_connection_older_than_the_keepalive_expiry_is_replaced() -> None:
+    async def scenario() -> int:
+        async with Server([], default=ok()) as server, client(server.url, keepalive_expiry=0.05) as http:
+            await http.get("/x")
+            await http.get("/x")  # reused
+            await asyncio.sleep(0.1)
+            await http.get("/x")  # expired: a new connection
+            return server.connections
+
+    assert asyncio.run(scenario()) == 2

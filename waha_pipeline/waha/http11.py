@@ -1,0 +1,226 @@
+"""Plain-HTTP/1.1 keep-alive transport for httpx on asyncio protocols, framed by h11 (httpcore's own parser).
+
+Why: per page request, httpcore's pool bookkeeping and anyio's stream layer cost ~0.5 ms of CPU on loopback, about
+two thirds of what the client spends on a request; over the ~20,000 page requests of bench `scale` that was ~12%
+of the importer's CPU. h11 still does all the HTTP framing (Content-Length, chunked, close-delimited bodies,
+keep-alive rules), so what this module owns is only the socket plumbing and the pool. HTTPS and proxied requests
+keep httpx's own transport (transport.waha_transports decides; httpx mounts proxy transports from the environment
+in front of this one).
+
+Bodies are read whole: the WAHA client parses every page as one JSON document anyway. Request bodies are written
+whole too (the WAHA client sends GETs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import h11
+import httpx
+
+Origin = tuple[str, int]
+
+
+class _Body(httpx.AsyncByteStream):
+    """The body already received, handed to httpx as a stream so it decodes and times it like any other."""
+
+    def __init__(self, content: bytes) -> None:
+        self._content = content
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self._content
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection and its h11 state; the coroutine awaiting a response pulls events from it."""
+
+    def __init__(self) -> None:
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.transport: asyncio.Transport | None = None
+        self.idle_since = 0.0
+        self._active = False
+        self._lost = False
+        self._wakeup: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if not self._active:  # bytes nobody asked for (say, a 408 before closing): the connection is spent
+            self.close()
+            return
+        self.h11.receive_data(data)
+        self._wake()
+
+    def eof_received(self) -> bool:
+        if self._active:
+            self.h11.receive_data(b"")
+        self._lost = True
+        self._wake()
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._wake()
+
+    # -- used by the transport
+    def reusable(self, now: float, expiry: float | None) -> bool:
+        assert self.transport is not None
+        fresh = expiry is None or now - self.idle_since < expiry
+        return fresh and not self._lost and not self.transport.is_closing() and self.h11.our_state is h11.IDLE
+
+    def close(self) -> None:
+        self._lost = True
+        if self.transport is not None:
+            self.transport.close()
+
+    async def exchange(self, request: httpx.Request, payload: bytes, read_timeout: float | None) -> h11.Response:
+        """Send the request, return the response head; the body follows through `body`."""
+        assert self.transport is not None
+        self._active = True
+        h = self.h11
+        target = request.url.raw_path
+        data = h.send(h11.Request(method=request.method, target=target, headers=request.headers.raw))
+        if payload:
+            data += h.send(h11.Data(data=payload))
+        self.transport.write(data + h.send(h11.EndOfMessage()))
+        while True:
+            event = await self._next_event(request, read_timeout)
+            if isinstance(event, h11.Response):
+                return event
+            if not isinstance(event, h11.InformationalResponse):  # 1xx: the real answer follows
+                raise httpx.RemoteProtocolError(f"unexpected {type(event).__name__} before the response", request=request)
+
+    async def body(self, request: httpx.Request, read_timeout: float | None) -> bytes:
+        chunks = []
+        while True:
+            event = await self._next_event(request, read_timeout)
+            if isinstance(event, h11.Data):
+                chunks.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        self._active = False
+        h = self.h11
+        if h.our_state is h11.DONE and h.their_state is h11.DONE and not h.trailing_data[0]:
+            h.start_next_cycle()  # keep-alive; anything else (Connection: close, HTTP/1.0, extra bytes) is spent
+        return b"".join(chunks)
+
+    async def _next_event(self, request: httpx.Request, read_timeout: float | None) -> Any:
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise httpx.RemoteProtocolError(str(exc), request=request) from None
+            if event is h11.PAUSED:
+                raise httpx.RemoteProtocolError("the server sent more than one response", request=request)
+            if event is not h11.NEED_DATA:
+                if isinstance(event, h11.ConnectionClosed):
+                    raise httpx.RemoteProtocolError("Server disconnected without sending a complete response.",
+                                                    request=request)
+                return event
+            if self._lost:
+                raise httpx.ReadError("connection lost while waiting for the response", request=request)
+            self._wakeup = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(read_timeout):
+                    await self._wakeup
+            except TimeoutError:
+                raise httpx.ReadTimeout(f"no data within {read_timeout:g}s", request=request) from None
+            finally:
+                self._wakeup = None
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+
+class Http11Transport(httpx.AsyncBaseTransport):
+    """At most `limits.max_connections` connections per transport, idle ones reused newest first and dropped after
+    `limits.keepalive_expiry` seconds. A request that fails or is cancelled mid-way closes its connection."""
+
+    def __init__(self, limits: httpx.Limits) -> None:
+        self._expiry = limits.keepalive_expiry
+        self._max_idle = limits.max_keepalive_connections
+        self._slots = asyncio.Semaphore(limits.max_connections) if limits.max_connections else None
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._closed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.scheme != "http":
+            raise httpx.UnsupportedProtocol(f"this transport speaks plain http, not {request.url.scheme!r}",
+                                            request=request)
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        timeouts = request.extensions.get("timeout", {})
+        payload = await request.aread()
+        await self._acquire(request, timeouts.get("pool"))
+        try:
+            origin = (request.url.host, request.url.port or 80)
+            conn = self._reuse(origin) or await self._connect(request, origin, timeouts.get("connect"))
+            try:
+                head = await conn.exchange(request, payload, timeouts.get("read"))
+                content = await conn.body(request, timeouts.get("read"))
+            except BaseException:  # a timeout, a cancellation, a broken response: the connection is not reused
+                conn.close()
+                raise
+            self._release_connection(origin, conn)
+        finally:
+            if self._slots is not None:
+                self._slots.release()
+        return httpx.Response(
+            head.status_code,
+            headers=head.headers.raw_items(),
+            stream=_Body(content),
+            extensions={"http_version": b"HTTP/" + head.http_version, "reason_phrase": head.reason},
+        )
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+
+    async def _acquire(self, request: httpx.Request, timeout: float | None) -> None:
+        if self._slots is None:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise httpx.PoolTimeout(f"no free connection within {timeout:g}s", request=request) from None
+
+    def _reuse(self, origin: Origin) -> _Connection | None:
+        idle = self._idle.get(origin)
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if conn.reusable(now, self._expiry):
+                return conn
+            conn.close()
+        return None
+
+    async def _connect(self, request: httpx.Request, origin: Origin, timeout: float | None) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(_Connection, *origin)
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"no connection to {origin[0]}:{origin[1]} within {timeout:g}s",
+                                       request=request) from None
+        except OSError as exc:
+            raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from None
+        return conn
+
+    def _release_connection(self, origin: Origin, conn: _Connection) -> None:
+        idle = self._idle.setdefault(origin, [])
+        if self._closed or conn.h11.our_state is not h11.IDLE or (self._max_idle is not None and len(idle) >= self._max_idle):
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        idle.append(conn)
