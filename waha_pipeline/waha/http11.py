@@ -39,7 +39,7 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.h11 = h11.Connection(h11.CLIENT)
-        self.transport: asyncio.Transport | None = None
+        self.transport: asyncio.Transport | None = None  # uvloop's transports are not asyncio.Transport subclasses
         self.idle_since = 0.0
         self._active = False
         self._lost = False
@@ -47,8 +47,7 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if not self._active:  # bytes nobody asked for (say, a 408 before closing): the connection is spent

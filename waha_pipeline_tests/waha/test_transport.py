@@ -1,7 +1,8 @@
 """waha/http11.py and waha/transport.py over real loopback sockets, against a scripted HTTP/1.1 server.
 
 The WahaClient-level tests run on both transports (plain http and the httpcore one kept for https); the framing and
-pool tests drive Http11Transport through httpx.AsyncClient, as WahaClient does.
+pool tests drive Http11Transport through httpx.AsyncClient, as WahaClient does. Every test runs on asyncio's loop and
+on uvloop (the chunk fetch loop's, importer/background_loop.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import orjson
 import pytest
+import uvloop
 
 from waha_pipeline.waha.client import WahaClient
 from waha_pipeline.waha.http11 import Http11Transport
@@ -78,6 +80,13 @@ class Server:
         finally:
             self.open -= 1
             writer.close()
+
+
+@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
+def event_loop_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "uvloop":
+        monkeypatch.setattr(asyncio, "run", uvloop.run)
+    return str(request.param)
 
 
 def client(url: str, **limits: float | int | None) -> httpx.AsyncClient:
