@@ -93,7 +93,8 @@ class _Connection(asyncio.Protocol):
             if isinstance(event, h11.Response):
                 return event
             if not isinstance(event, h11.InformationalResponse):  # 1xx: the real answer follows
-                raise httpx.RemoteProtocolError(f"unexpected {type(event).__name__} before the response", request=request)
+                raise httpx.RemoteProtocolError(f"unexpected {type(event).__name__} before the response",
+                                                request=request)
 
     async def body(self, request: httpx.Request, read_timeout: float | None) -> bytes:
         chunks = []
@@ -218,7 +219,8 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     def _release_connection(self, origin: Origin, conn: _Connection) -> None:
         idle = self._idle.setdefault(origin, [])
-        if self._closed or conn.h11.our_state is not h11.IDLE or (self._max_idle is not None and len(idle) >= self._max_idle):
+        full = self._max_idle is not None and len(idle) >= self._max_idle
+        if self._closed or full or conn.h11.our_state is not h11.IDLE:
             conn.close()
             return
         conn.idle_since = time.monotonic()
