@@ -280,10 +280,17 @@ def _insert_messages(conn: sa.Connection, tenant_id: str, channel_id: str) -> in
         sm.push_name,
     ).where(sa.true())
     stmt = sql.insert(messages, conn.dialect).from_select(columns, select)
-    result = conn.execute(
-        stmt.on_conflict_do_nothing(index_elements=["channel_id", "external_id"]),
-        execution_options={"preserve_rowcount": True},  # SQLAlchemy reports INSERT rowcounts only on request
-    )
+    options = {"preserve_rowcount": True}  # SQLAlchemy reports INSERT rowcounts only on request
+    try:
+        # The staged rows were checked against the contacts' stored messages, so they are new unless one is stored
+        # under a contact outside the chunk. A plain INSERT skips ON CONFLICT's speculative insertion: ~20% of the
+        # statement's time, and this statement is most of a chunk's commit (measured on the bench `scale` CRM).
+        with conn.begin_nested():
+            return max(int(conn.execute(stmt, execution_options=options).rowcount), 0)
+    except sa.exc.IntegrityError:
+        pass  # the savepoint undid the attempt; keep what is not stored yet
+    result = conn.execute(stmt.on_conflict_do_nothing(index_elements=["channel_id", "external_id"]),
+                          execution_options=options)
     return max(int(result.rowcount), 0)
 
 

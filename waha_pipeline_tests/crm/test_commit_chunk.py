@@ -158,6 +158,26 @@ def test_lid_only_chat_resolves_to_known_phone_contact(store: CrmStore, importer
     assert len(_rows(store, schema.sessions)) == 1
 
 
+def test_a_message_stored_under_another_contact_stays_there_and_the_rest_is_inserted(
+    store: CrmStore, importer: Importer
+) -> None:
+    """The chunk's rows are checked against its own contacts' stored messages only; one already stored under a
+    contact outside the chunk makes the plain INSERT fail, and the savepoint retry keeps the stored row."""
+    ch = importer.channel_id
+    gina, hank = phone_contact("4915550007"), phone_contact("4915550008")
+    store.commit_chunk(importer.batch([gina], [message(ch, gina, "g1", T0)]))
+    result = store.commit_chunk(importer.batch(
+        [hank], [message(ch, hank, "g1", T0), message(ch, hank, "h1", T0 + MIN), message(ch, hank, "h2", T0 + 2 * MIN)],
+        chunk=1,
+    ))
+
+    assert result.messages_inserted == 2 and result.messages_total == 3
+    owners = {m.external_id: m.contact_id for m in _rows(store, schema.messages)}
+    assert owners == {"g1": gina["id"], "h1": hank["id"], "h2": hank["id"]}
+    sessions = {s.contact_id: s.message_count for s in _rows(store, schema.sessions)}
+    assert sessions == {gina["id"]: 1, hank["id"]: 2}
+
+
 def test_later_import_never_nulls_name_or_lid(store: CrmStore, importer: Importer) -> None:
     ch = importer.channel_id
     eve = phone_contact("4915550005", lid="999", name="Eve")
