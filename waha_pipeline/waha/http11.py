@@ -3,9 +3,9 @@
 Why: per page request, httpcore's pool bookkeeping and anyio's stream layer cost ~0.5 ms of CPU on loopback, about
 two thirds of what the client spends on a request; over the ~20,000 page requests of bench `scale` that was ~12%
 of the importer's CPU. h11 still does all the HTTP framing (Content-Length, chunked, close-delimited bodies,
-keep-alive rules), so what this module owns is only the socket plumbing and the pool. HTTPS and proxied requests
-keep httpx's own transport (transport.waha_transports decides; httpx mounts proxy transports from the environment
-in front of this one).
+keep-alive rules), so what this module owns is only the socket plumbing and the pool. HTTPS keeps httpx's own
+transport (transport.waha_transports decides). Proxy variables of the environment are not used, as before this
+transport: httpx ignores them whenever a client is given its transport.
 
 Bodies are read whole: the WAHA client parses every page as one JSON document anyway. Request bodies are written
 whole too (the WAHA client sends GETs).
