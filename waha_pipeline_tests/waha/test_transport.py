@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable
 import httpx
 import orjson
 import pytest
-import uvloop
 
 from waha_pipeline.waha.client import WahaClient
 from waha_pipeline.waha.http11 import Http11Transport
@@ -22,16 +21,6 @@ from waha_pipeline.waha.transport import httpcore_transport, waha_transports
 
 SESSION = orjson.dumps({"name": "demo", "status": "WORKING", "config": None, "me": None})
 Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]  # True: keep the connection
-
-
-def ok(body: bytes = SESSION, *, extra: bytes = b"") -> Reply:
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%sContent-Length: %d\r\n\r\n%s"
-                     % (extra, len(body), body))
-        await writer.drain()
-        return True
-
-    return reply
 
 
 def raw(data: bytes, *, close: bool = False, hold: float = 0.0) -> Reply:
@@ -42,6 +31,10 @@ def raw(data: bytes, *, close: bool = False, hold: float = 0.0) -> Reply:
         return not close
 
     return reply
+
+
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(SESSION), SESSION)
+OK = raw(RESPONSE)
 
 
 class Server:
@@ -82,7 +75,13 @@ class Server:
             writer.close()
 
 
-@pytest.fixture(autouse=True, params=["asyncio", "uvloop"])
+try:
+    import uvloop
+except ImportError:  # not a dependency on Windows
+    uvloop = None
+
+
+@pytest.fixture(autouse=True, params=["asyncio", "uvloop"] if uvloop else ["asyncio"])
 def event_loop_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "uvloop":
         monkeypatch.setattr(asyncio, "run", uvloop.run)
@@ -108,8 +107,7 @@ def test_connections_are_reused_and_one_closed_by_the_server_while_idle_is_repla
     transport: str, close_after_response: bool, connections: int
 ) -> None:
     async def scenario() -> tuple[int, int, int]:
-        reply = raw(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(SESSION), SESSION),
-                    close=close_after_response)  # an idle keep-alive connection dropped, as proxies do
+        reply = raw(RESPONSE, close=close_after_response)  # an idle keep-alive connection dropped, as proxies do
         async with Server([], default=reply) as server, \
                 WahaClient(server.url, concurrency=1, transport=TRANSPORTS[transport]()) as waha:
             for _ in range(2):
@@ -139,7 +137,7 @@ def test_chunked_gzip_and_close_delimited_bodies_are_read_whole() -> None:
         raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked + b"0\r\n\r\n"),
         raw(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(packed), packed)),
         raw(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body, close=True),  # ends with the connection
-        ok(),
+        OK,
     ]
 
     async def scenario() -> tuple[list[bytes], int]:
@@ -153,11 +151,9 @@ def test_chunked_gzip_and_close_delimited_bodies_are_read_whole() -> None:
 
 
 def test_a_response_split_across_many_small_writes_is_reassembled() -> None:
-    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(SESSION)
-
     async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        for i in range(0, len(head + SESSION), 7):
-            writer.write((head + SESSION)[i:i + 7])
+        for i in range(0, len(RESPONSE), 7):
+            writer.write(RESPONSE[i:i + 7])
             await writer.drain()
             await asyncio.sleep(0.001)
         return True
@@ -172,7 +168,7 @@ def test_a_response_split_across_many_small_writes_is_reassembled() -> None:
 
 def test_the_request_carries_method_target_query_and_headers() -> None:
     async def scenario() -> bytes:
-        async with Server([ok()]) as server, client(server.url) as http:
+        async with Server([OK]) as server, client(server.url) as http:
             await http.get("/api/demo/chats/1%402/messages", params={"limit": "100"}, headers={"X-Api-Key": "k"})
             return server.requests[0]
 
@@ -188,7 +184,7 @@ def test_the_request_carries_method_target_query_and_headers() -> None:
 )
 def test_a_broken_response_is_a_protocol_error_and_spends_its_connection(garbage: bytes) -> None:
     async def scenario() -> tuple[type[Exception], bytes, int]:
-        async with Server([raw(garbage, close=True), ok()]) as server, client(server.url) as http:
+        async with Server([raw(garbage, close=True), OK]) as server, client(server.url) as http:
             with pytest.raises(httpx.TransportError) as caught:
                 await http.get("/x")
             after = (await http.get("/x")).content
@@ -203,7 +199,7 @@ def test_bytes_after_a_complete_response_spend_the_connection() -> None:
     extra = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"
 
     async def scenario() -> tuple[bytes, bytes, int]:
-        async with Server([raw(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst" + extra), ok()]) as server, \
+        async with Server([raw(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst" + extra), OK]) as server, \
                 client(server.url) as http:
             first = (await http.get("/x")).content
             second = (await http.get("/x")).content
@@ -219,7 +215,7 @@ def test_a_silent_server_is_a_read_timeout_and_the_connection_is_closed() -> Non
     silent = raw(b"", hold=0.2)
 
     async def scenario() -> tuple[bytes, int, int]:
-        async with Server([silent, ok()]) as server, client(server.url) as http:
+        async with Server([silent, OK]) as server, client(server.url) as http:
             with pytest.raises(httpx.ReadTimeout):
                 await http.get("/x", timeout=httpx.Timeout(5.0, read=0.05))
             after = (await http.get("/x")).content
@@ -233,7 +229,7 @@ def test_a_request_cancelled_mid_body_does_not_leave_its_connection_in_the_pool(
     half = raw(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(SESSION), SESSION[:10]), hold=1.0)
 
     async def scenario() -> tuple[bytes, int]:
-        async with Server([half, ok()]) as server, client(server.url) as http:
+        async with Server([half, OK]) as server, client(server.url) as http:
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.1):
                     await http.get("/x")
@@ -257,7 +253,7 @@ def test_a_refused_connection_is_a_connect_error() -> None:
 
 
 def test_connections_stay_within_the_limit_and_wait_for_a_free_one() -> None:
-    slow = raw(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(SESSION), SESSION), hold=0.02)
+    slow = raw(RESPONSE, hold=0.02)
 
     async def scenario() -> tuple[list[int], int, int]:
         async with Server([], default=slow) as server, client(server.url, max_connections=2) as http:
@@ -284,7 +280,7 @@ def test_no_free_connection_within_the_pool_timeout_is_a_pool_timeout() -> None:
 
 def test_an_idle_connection_older_than_the_keepalive_expiry_is_replaced() -> None:
     async def scenario() -> int:
-        async with Server([], default=ok()) as server, client(server.url, keepalive_expiry=0.05) as http:
+        async with Server([], default=OK) as server, client(server.url, keepalive_expiry=0.05) as http:
             await http.get("/x")
             await http.get("/x")  # reused
             await asyncio.sleep(0.1)
