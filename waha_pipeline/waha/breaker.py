@@ -130,17 +130,29 @@ class CircuitBreaker:
                 self._probe_out = True
                 self._probe_since = self._clock()
                 return Permit(True, self._generation)
-            self.rejections += 1
-            failures, calls, cause = self._tripped
-            remaining = max(0.0, self._open_until - self._clock())
-            if self._state == "open":
-                why = f"circuit open for {math.ceil(remaining - 1e-3)} s"
-            else:
-                why = "circuit half-open, a probe call is in flight"
-            message = (f"WAHA at {self.label} is failing: {why} after {failures} of the last {calls} calls failed"
-                       + (f" (last: {cause})" if cause else "")
-                       + (f"; not sent: {what}" if what else ""))
-        raise WahaCircuitOpen(message, retry_after=remaining or self.policy.cool_down)
+            raise self._rejection(what)
+
+    def confirm(self, permit: Permit, what: str = "") -> None:
+        """Raise WahaCircuitOpen if the circuit left `closed` since this ordinary permit was issued: a call that
+        got its permit and then waited for a connection slot must not go out once the breaker has opened (with
+        many calls queued at the limiter, those were most of the calls an outage still let through)."""
+        with self._lock:
+            self._refresh()
+            if not permit.probe and permit.generation != self._generation and self._state != "closed":
+                raise self._rejection(what)
+
+    def _rejection(self, what: str) -> WahaCircuitOpen:
+        self.rejections += 1
+        failures, calls, cause = self._tripped
+        remaining = max(0.0, self._open_until - self._clock())
+        if self._state == "open":
+            why = f"circuit open for {math.ceil(remaining - 1e-3)} s"
+        else:
+            why = "circuit half-open, a probe call is in flight"
+        message = (f"WAHA at {self.label} is failing: {why} after {failures} of the last {calls} calls failed"
+                   + (f" (last: {cause})" if cause else "")
+                   + (f"; not sent: {what}" if what else ""))
+        return WahaCircuitOpen(message, retry_after=remaining or self.policy.cool_down)
 
     def record(self, permit: Permit, outcome: Outcome, cause: str = "") -> State | None:
         """Record a call's outcome; returns the new state when this outcome changed it, else None.

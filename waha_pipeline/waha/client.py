@@ -443,7 +443,7 @@ class WahaClient:
         breaker can close instead of probing and being cancelled forever.
         """
         permit = await self._allow(where, method, path, wait=self.timeouts.attempt_limit(kind))
-        send = self._send(permit, kind, method, path, params, timeout)
+        send = self._send(permit, kind, method, path, params, timeout, where)
         if not permit.probe:
             return await send
         probe = asyncio.ensure_future(send)
@@ -452,7 +452,7 @@ class WahaClient:
 
     async def _send(
         self, permit: Permit, kind: Kind, method: str, path: str, params: Mapping[str, str] | None,
-        timeout: httpx.Timeout,
+        timeout: httpx.Timeout, where: str,
     ) -> tuple[httpx.Response | None, Exception | None]:
         response: httpx.Response | None = None
         exc: Exception | None = None
@@ -461,6 +461,10 @@ class WahaClient:
             async with self.limiter.slot() as waited:
                 if waited > 0:
                     self._stats.add("limiter_wait", waited)
+                try:
+                    self.breaker.confirm(permit, where)
+                except WahaCircuitOpen as error:
+                    raise self._rejected(error, method, path) from None
                 self._stats.request(kind)
                 started = self._clock()
                 limit = self.timeouts.attempt_limit(kind)
@@ -494,9 +498,11 @@ class WahaClient:
                 if self.breaker.probing and self._clock() < deadline:
                     await self._sleep(min(PROBE_POLL_SECONDS, max(0.0, deadline - self._clock())))
                     continue
-                self._stats.add("breaker_rejections")
-                raise WahaCircuitOpen(self._redact(str(error)), retry_after=error.retry_after, method=method,
-                                      path=path) from None
+                raise self._rejected(error, method, path) from None
+
+    def _rejected(self, error: WahaCircuitOpen, method: str, path: str) -> WahaCircuitOpen:
+        self._stats.add("breaker_rejections")
+        return WahaCircuitOpen(self._redact(str(error)), retry_after=error.retry_after, method=method, path=path)
 
     def _record(self, permit: Permit, outcome: Outcome, cause: str) -> None:
         changed = self.breaker.record(permit, outcome, cause)

@@ -1,7 +1,8 @@
 """Pins the circuit breaker's state machine on an injected clock: when it opens (ratio over a sliding window, a
 minimum of calls, 4xx/429 neutral), that an open breaker refuses without a permit, that half-open lets exactly
 one probe through, that a probe closes it or re-opens it with a doubled (capped) cool-down, that a cancelled
-probe frees the slot, and that its message names the server but never credentials.
+probe frees the slot, that a permit queued across an opening is not confirmed, and that its message names the
+server but never credentials.
 """
 
 from __future__ import annotations
@@ -128,6 +129,25 @@ def test_outcomes_of_calls_started_before_the_breaker_opened_are_ignored() -> No
         assert breaker.record(permit, "failure") is None
     assert breaker.state == "half_open"
     assert breaker.record(probe, "success") == "closed"
+
+
+def test_a_permit_issued_before_the_breaker_opened_is_not_confirmed_until_it_closes_again() -> None:
+    """A call that got its permit and then queued for a connection must not be sent once the breaker is open."""
+    clock = Clock()
+    breaker = CircuitBreaker("http://waha:3000", POLICY, clock=clock)
+    queued = breaker.allow()
+    breaker.confirm(queued)  # still closed: goes out
+    run(breaker, clock, "fail fail fail fail fail")
+    with pytest.raises(WahaCircuitOpen, match="circuit open"):
+        breaker.confirm(queued, "GET /x")
+    clock.now += 5
+    probe = breaker.allow()
+    breaker.confirm(probe)  # the half-open probe itself is never held back
+    with pytest.raises(WahaCircuitOpen, match="probe call is in flight"):
+        breaker.confirm(queued)
+    breaker.record(probe, "success")
+    breaker.confirm(queued)  # closed again: the old permit may go (its outcome is ignored as stale)
+    assert breaker.rejections == 2
 
 
 def test_counters_and_one_log_line_per_change(caplog: pytest.LogCaptureFixture) -> None:
