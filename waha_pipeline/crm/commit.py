@@ -286,11 +286,10 @@ def _insert_messages(conn: sa.Connection, tenant_id: str, channel_id: str) -> in
         # under a contact outside the chunk. A plain INSERT skips ON CONFLICT's speculative insertion: ~20% of the
         # statement's time, and this statement is most of a chunk's commit (measured on the bench `scale` CRM).
         with conn.begin_nested():
-            return max(int(conn.execute(stmt, execution_options=options).rowcount), 0)
-    except sa.exc.IntegrityError:
-        pass  # the savepoint undid the attempt; keep what is not stored yet
-    result = conn.execute(stmt.on_conflict_do_nothing(index_elements=["channel_id", "external_id"]),
-                          execution_options=options)
+            result = conn.execute(stmt, execution_options=options)
+    except sa.exc.IntegrityError:  # the savepoint undid the attempt; keep what is not stored yet
+        result = conn.execute(stmt.on_conflict_do_nothing(index_elements=["channel_id", "external_id"]),
+                              execution_options=options)
     return max(int(result.rowcount), 0)
 
 

@@ -138,7 +138,7 @@ class CircuitBreaker:
         many calls queued at the limiter, those were most of the calls an outage still let through)."""
         with self._lock:
             self._refresh()
-            if not permit.probe and permit.generation != self._generation and self._state != "closed":
+            if not permit.probe and self._state != "closed":  # ordinary permits are only issued while closed
                 raise self._rejection(what)
 
     def _rejection(self, what: str) -> WahaCircuitOpen:
