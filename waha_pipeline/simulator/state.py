@@ -212,6 +212,29 @@ class SimulatorState:
             self.chat_index[session] = ChatIndex(sess.chats)  # conversationTimestamp may have moved
         return entry
 
+    def serve_raw(self, session: str, chat_id: str, raw: Any, *, order_ts: int) -> StoredMessage:
+        """Serve `raw` (any JSON value, exactly as given) in chat `chat_id`'s pages at store position `order_ts`.
+
+        For payloads taken verbatim from WAHA's material, whose expected outcome the caller knows: no truth facts
+        are derived from them, so the chat should be one the truth skips (an `add_chat` chat).
+        """
+        sess = self._session_or_key_error(session)
+        chat = sess.find_chat(chat_id)
+        if chat is None:
+            raise KeyError(f"no chat {chat_id!r} in session {session!r}")
+        with self._lock:
+            seq = 1 + max((e.seq for c in sess.chats for e in c.entries), default=0)
+            ext = raw.get("id") if isinstance(raw, dict) else None
+            from_me = raw.get("fromMe") is True if isinstance(raw, dict) else False
+            entry = StoredMessage(
+                ts=int(order_ts), sort_id=ext if isinstance(ext, str) else "", seq=seq, from_me=from_me,
+                blob=orjson.dumps(raw), external_id=ext if isinstance(ext, str) else None, body=None,
+                content_type="other", push_name=None, participant=None, defect=None)
+            chat.entries.append(entry)
+            chat.finalize()
+            self.chat_index[session] = ChatIndex(sess.chats)
+        return entry
+
     def _session_or_key_error(self, name: str) -> SimSession:
         sess = self.dataset.sessions.get(name)
         if sess is None:
