@@ -5,7 +5,6 @@ Pure: the caller passes the raw chat list, the lid mapping and `plan_time`; noth
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -29,6 +28,9 @@ class PlannedChat:
     phone: str | None  # digits; for a lid chat the mapped phone when WAHA knows it
     lid: str | None  # digits; for a direct chat the lid WAHA maps to its phone, when known
     group_id: str | None = None
+    # The chat list's last-message time: evidence of where the chat's messages end (the fetch reads past
+    # empty pages until it has seen this time). Not part of the chat's identity or fingerprint.
+    last_message_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ def _last_message_at(raw: dict) -> int | None:
 def chat_fingerprint(chat: PlannedChat, session_timeout_minutes: int) -> str:
     """Everything besides its messages that a chat's committed rows were computed from: its identity as planned
     (name, phone, lid) and the timeout its sessions were split with."""
-    fields = [*dataclasses.astuple(chat), session_timeout_minutes]
+    fields = [chat.chat_id, chat.kind, chat.name, chat.phone, chat.lid, chat.group_id, session_timeout_minutes]
     return hashlib.sha1(json.dumps(fields).encode()).hexdigest()
 
 
@@ -206,12 +208,16 @@ def plan_channel(
             skipped[kind.value] += 1
             continue
         digits = user_part(chat_id)
+        at = last_message_at[chat_id]
         if kind is ChatKind.DIRECT:
-            chat = PlannedChat(chat_id, kind.value, names[chat_id], phone=digits, lid=lid_of.get(digits))
+            chat = PlannedChat(chat_id, kind.value, names[chat_id], phone=digits, lid=lid_of.get(digits),
+                               last_message_at=at)
         elif kind is ChatKind.LID:
-            chat = PlannedChat(chat_id, kind.value, names[chat_id], phone=phone_of.get(digits), lid=digits)
+            chat = PlannedChat(chat_id, kind.value, names[chat_id], phone=phone_of.get(digits), lid=digits,
+                               last_message_at=at)
         else:
-            chat = PlannedChat(chat_id, kind.value, names[chat_id], phone=None, lid=None, group_id=chat_id)
+            chat = PlannedChat(chat_id, kind.value, names[chat_id], phone=None, lid=None, group_id=chat_id,
+                               last_message_at=at)
         planned.append(chat)
 
     planned.sort(key=lambda c: (_contact_key(c), c.chat_id))

@@ -327,3 +327,21 @@ def test_webjs_timestamp_and_duplicate_listings() -> None:
     chats = [ana, lid, webjs, caio, dict(caio, conversationTimestamp=LATER - 1), dict(ana, conversationTimestamp=None)]
     again = plan(chats, LIDS, plan_time=LATER, known=known_after(first))
     assert sorted(c.chat_id for c in all_chats(again)) == ["5511900000001@c.us", "5511900000003@c.us", "900001@lid"]
+
+
+def test_plan_keeps_the_chat_lists_last_message_time_per_chat() -> None:
+    raw = [
+        {"id": "5511900000001@c.us", "name": "A", "conversationTimestamp": 1_759_999_000},
+        {"id": {"server": "c.us", "user": "5511900000002", "_serialized": "5511900000002@c.us"}, "timestamp": 1_759_998_000},
+        {"id": "5511900000003@c.us", "name": "C"},
+    ]
+    at = {c.chat_id: c.last_message_at for c in all_chats(plan(raw))}
+    assert at == {"5511900000001@c.us": 1_759_999_000, "5511900000002@c.us": 1_759_998_000, "5511900000003@c.us": None}
+
+
+def test_fingerprint_ignores_the_last_message_time_and_is_stable_across_versions() -> None:
+    """Coverage rows already in a CRM hold fingerprints of this exact form: a new field must not change them."""
+    chat = PlannedChat("5511912345678@c.us", "direct", "Maria Souza", phone="5511912345678", lid="203949586712345")
+    later = PlannedChat("5511912345678@c.us", "direct", "Maria Souza", phone="5511912345678", lid="203949586712345",
+                        last_message_at=1_760_000_000)
+    assert chat_fingerprint(chat, 30) == chat_fingerprint(later, 30) == "45a0afeedc7434e915a62e6049f809cc56d092fc"
