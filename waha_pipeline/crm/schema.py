@@ -191,6 +191,7 @@ import_chunks = sa.Table(
     sa.Column("rejects", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("sessions", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("contacts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("skipped", sa.JSON),  # reason -> rows WAHA served that were not stored as messages or rejects
     sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("last_error", sa.Text),
     sa.Column("committed_at", UtcDateTime),

@@ -51,7 +51,7 @@ def test_migrations_create_every_table_and_constraint(migrated_url: str) -> None
 
 def test_upgrade_is_idempotent_and_at_head(migrated_url: str) -> None:
     upgrade(migrated_url)
-    assert current_revision(migrated_url) == "0003"
+    assert current_revision(migrated_url) == "0004"
 
 
 def test_store_rejects_unsupported_urls() -> None:
