@@ -16,7 +16,9 @@ import sqlalchemy as sa
 
 from waha_pipeline.crm import commit, coverage, ledger, sql
 from waha_pipeline.crm.records import ChannelRecord, ChunkRecord, CommitResult, PlanRecord
-from waha_pipeline.crm.schema import channels, import_chunks, import_plans, message_rejects, messages, sessions
+from waha_pipeline.crm.schema import (
+    channels, contacts, import_chunks, import_plans, message_rejects, messages, sessions,
+)
 from waha_pipeline.domain import ids
 from waha_pipeline.domain.batch import ChunkBatch, conform
 from waha_pipeline.domain.coverage import Coverage
@@ -184,6 +186,14 @@ class CrmStore:
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
         return conform(pd.DataFrame(rows, columns=list(columns)), columns)
+
+    def known_lid_phones(self, tenant_id: str) -> dict[str, str]:
+        """lid -> phone of the tenant's contacts that carry both: what earlier imports learned, from WAHA's lid
+        mapping or from phones WAHA gave inside messages, so a plan resolves a lid chat as they did."""
+        c = contacts.c
+        stmt = sa.select(c.lid, c.phone).where(c.tenant_id == tenant_id, c.lid.is_not(None), c.phone.is_not(None))
+        with self.engine.connect() as conn:
+            return {str(lid): str(phone) for lid, phone in conn.execute(stmt)}
 
     def counts(self, channel_id: str) -> dict[str, int]:
         """Row counts of the channel: messages, contacts (with a message in it), sessions, rejects."""

@@ -157,6 +157,7 @@ def plan_channel(
     session_timeout_minutes: int,
     include_groups: bool,
     known: Mapping[str, Coverage] | None = None,
+    learned_phones: Mapping[str, str] | None = None,
 ) -> ChannelPlan:
     """Filter, resolve and chunk a channel's chat list; the same inputs in any order give the same plan.
 
@@ -167,15 +168,19 @@ def plan_channel(
     `known` is the CRM's coverage per chat: a contact whose every chat is `coverage.up_to_date` is left out of the
     plan (counted as skipped "up_to_date"), so re-importing an unchanged channel fetches no messages. Groups are
     always imported: their senders' identities depend on more than the group's own listing.
+
+    `learned_phones` (lid digits -> phone digits) are the phones earlier imports learned for lids, also from
+    phones WAHA gave inside messages (SPEC 6.5); they apply where WAHA's lid mapping gives no phone, so a lid
+    chat resolves to the contact it was merged into.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     window_start, window_end = plan_window(plan_time, days)
-    phone_of: dict[str, str | None] = {}
+    phone_of: dict[str, str | None] = dict((learned_phones or {}).items())
     for raw_lid, raw_phone in lid_to_phone.items():
         lid = _digits(raw_lid)
         if lid:
-            phone_of[lid] = _digits(raw_phone)
+            phone_of[lid] = _digits(raw_phone) or phone_of.get(lid)
     lid_of: dict[str, str] = {}
     for lid, phone in sorted(phone_of.items()):
         if phone:

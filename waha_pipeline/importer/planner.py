@@ -70,6 +70,7 @@ async def plan_and_record(
         session_timeout_minutes=request.session_timeout_minutes or channel.session_timeout_minutes or 30,
         include_groups=request.include_groups,
         known=None if request.all_chats else store.chat_coverage(channel.id),
+        learned_phones=store.known_lid_phones(tenant_id),
     )
     plan_id = ids.plan_id(channel.id, plan_time)
     store.record_plan(tenant_id, channel.id, plan, plan_id)

@@ -345,3 +345,21 @@ def test_fingerprint_ignores_the_last_message_time_and_is_stable_across_versions
     later = PlannedChat("5511912345678@c.us", "direct", "Maria Souza", phone="5511912345678", lid="203949586712345",
                         last_message_at=1_760_000_000)
     assert chat_fingerprint(chat, 30) == chat_fingerprint(later, 30) == "45a0afeedc7434e915a62e6049f809cc56d092fc"
+
+
+def test_learned_phones_resolve_lid_chats_that_wahas_mapping_does_not_know() -> None:
+    raw = [
+        {"id": "900001@lid", "name": None, "conversationTimestamp": PLAN_TIME - 50},
+        {"id": "900002@lid", "name": None, "conversationTimestamp": PLAN_TIME - 40},
+        {"id": "5511900000001@c.us", "name": "Ana", "conversationTimestamp": PLAN_TIME - 30},
+    ]
+    waha = {"900001@lid": None, "900002@lid": "5511900000002@c.us"}
+    learned = {"900001": "5511900000001", "900002": "5511900000009"}  # a phone given inside messages earlier
+    p = plan(raw, waha, learned_phones=learned)
+    chats = {c.chat_id: c for c in all_chats(p)}
+    assert chats["900001@lid"].phone == "5511900000001"  # WAHA gives none: the learned phone
+    assert chats["900002@lid"].phone == "5511900000002"  # WAHA gives one: WAHA's wins
+    assert chats["5511900000001@c.us"].lid == "900001"
+    # the lid chat and the phone's own chat are one contact, so they land in one chunk
+    [chunk] = [k for k in p.chunks if "900001@lid" in k.chat_ids]
+    assert "5511900000001@c.us" in chunk.chat_ids
