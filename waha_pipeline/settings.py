@@ -5,6 +5,7 @@ Every invalid value raises ConfigError with one line naming the variable; secret
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,10 @@ from waha_pipeline.errors import ConfigError
 DEFAULT_DATABASE_URL = "sqlite:///.waha/crm.sqlite"
 DEFAULT_DAGSTER_HOME = ".waha/dagster_home"
 DEFAULT_TENANT = "default"
+DEFAULT_MAX_RESPONSE_MB = 64.0  # a WAHA page of 2,000 chats or 500 messages is a few MB
+DEFAULT_PLAN_DEADLINE_S = 300.0  # listing chats and lids of a channel, retries included
+DEFAULT_CRM_LOCK_TIMEOUT_S = 60.0  # one wait for a lock inside a chunk's commit
+DEFAULT_CRM_STATEMENT_TIMEOUT_S = 300.0  # one statement of a chunk's commit
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,10 @@ class Settings:
     waha_concurrency: int = 32
     waha_page_size: int = 500
     import_workers: int = 2
+    waha_max_response_mb: float = DEFAULT_MAX_RESPONSE_MB
+    waha_plan_deadline_seconds: float = DEFAULT_PLAN_DEADLINE_S
+    crm_lock_timeout_seconds: float = DEFAULT_CRM_LOCK_TIMEOUT_S
+    crm_statement_timeout_seconds: float = DEFAULT_CRM_STATEMENT_TIMEOUT_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -44,7 +53,15 @@ class Settings:
             waha_concurrency=_positive_int(env, "WAHA_CONCURRENCY", 32),
             waha_page_size=_positive_int(env, "WAHA_PAGE_SIZE", 500),
             import_workers=_positive_int(env, "IMPORT_WORKERS", 2),
+            waha_max_response_mb=_positive_number(env, "WAHA_MAX_RESPONSE_MB", DEFAULT_MAX_RESPONSE_MB),
+            waha_plan_deadline_seconds=plan_deadline_seconds(env),
+            crm_lock_timeout_seconds=crm_timeouts(env)[0],
+            crm_statement_timeout_seconds=crm_timeouts(env)[1],
         )
+
+    @property
+    def waha_max_response_bytes(self) -> int:
+        return int(self.waha_max_response_mb * MB)
 
     @property
     def chunk_workers(self) -> int:
@@ -54,6 +71,29 @@ class Settings:
         if not self.waha_base_url:
             raise ConfigError("WAHA_BASE_URL is not set (e.g. http://localhost:3000); `waha-pipeline demo` needs none")
         return self.waha_base_url
+
+
+MB = 1024 * 1024
+
+
+def max_response_bytes(env: Mapping[str, str] | None = None) -> int:
+    """WAHA_MAX_RESPONSE_MB in bytes: the most one WAHA response body may hold (wire or decoded)."""
+    env = os.environ if env is None else env
+    return int(_positive_number(env, "WAHA_MAX_RESPONSE_MB", DEFAULT_MAX_RESPONSE_MB) * MB)
+
+
+def plan_deadline_seconds(env: Mapping[str, str] | None = None) -> float:
+    """WAHA_PLAN_DEADLINE_SECONDS: the most a plan may spend listing a channel's chats and lids."""
+    env = os.environ if env is None else env
+    return _positive_number(env, "WAHA_PLAN_DEADLINE_SECONDS", DEFAULT_PLAN_DEADLINE_S)
+
+
+def crm_timeouts(env: Mapping[str, str] | None = None) -> tuple[float, float]:
+    """(CRM_LOCK_TIMEOUT_SECONDS, CRM_STATEMENT_TIMEOUT_SECONDS): PostgreSQL's lock and statement timeouts of a
+    chunk's commit, so a lock never released or a runaway statement fails the chunk instead of hanging it."""
+    env = os.environ if env is None else env
+    return (_positive_number(env, "CRM_LOCK_TIMEOUT_SECONDS", DEFAULT_CRM_LOCK_TIMEOUT_S),
+            _positive_number(env, "CRM_STATEMENT_TIMEOUT_SECONDS", DEFAULT_CRM_STATEMENT_TIMEOUT_S))
 
 
 def chunk_workers(import_workers: int, database_url: str) -> int:
@@ -124,4 +164,20 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
-__all__ = ["Settings", "parse_database_url", "parse_waha_url", "redact_database_url"]
+def _positive_number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number, got {raw!r}")
+    return value
+
+
+__all__ = [
+    "Settings", "crm_timeouts", "max_response_bytes", "parse_database_url", "parse_waha_url", "plan_deadline_seconds",
+    "redact_database_url",
+]
