@@ -8,20 +8,93 @@ transport (transport.waha_transports decides). Proxy variables of the environmen
 transport: httpx ignores them whenever a client is given its transport.
 
 Bodies are read whole: the WAHA client parses every page as one JSON document anyway. Request bodies are written
-whole too (the WAHA client sends GETs).
+whole too (the WAHA client sends GETs). A body is read only up to `max_body` bytes (WAHA_MAX_RESPONSE_MB), on the
+wire and once decoded, so an endless or huge response costs at most that much memory and fails with
+ResponseTooLarge, which the client does not retry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import h11
 import httpx
 
 Origin = tuple[str, int]
+
+DEFAULT_MAX_BODY = 64 * 1024 * 1024  # settings.DEFAULT_MAX_RESPONSE_MB
+DECODE_SLICE = 16 * 1024  # compressed bytes decoded at a time: gzip inflates at most ~1000x, so ~16 MB per step
+
+
+class ResponseTooLarge(httpx.RequestError):
+    """A response body over the size limit. Deliberately not an httpx.TransportError: WahaClient classifies only
+    transport errors as worth retrying, so this fails the call at once (the same request would be as large)."""
+
+
+def too_large(request: httpx.Request, limit: int, detail: str) -> ResponseTooLarge:
+    return ResponseTooLarge(
+        f"{request.method} {request.url.path}: response body {detail}, over the {limit / 2**20:g} MB limit "
+        "(WAHA_MAX_RESPONSE_MB)", request=request)
+
+
+def check_declared_length(request: httpx.Request, headers: httpx.Headers, limit: int) -> None:
+    """Refuse a body whose Content-Length alone is over the limit, before reading any of it."""
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(request, limit, f"of {int(declared)} bytes (Content-Length)")
+
+
+def is_encoded(headers: httpx.Headers) -> bool:
+    return headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
+
+
+def decoded_headers(headers: httpx.Headers) -> httpx.Headers:
+    """The headers of a body handed on already decoded: no Content-Encoding, no (wire) Content-Length."""
+    out = httpx.Headers(headers)
+    for name in ("content-encoding", "content-length"):
+        if name in out:
+            del out[name]
+    return out
+
+
+async def decode_capped(
+    request: httpx.Request, headers: httpx.Headers, raw: AsyncIterable[bytes], limit: int
+) -> AsyncIterator[bytes]:
+    """The decoded body (gzip, deflate, ... as httpx decodes it) of `raw`, raising ResponseTooLarge as soon as
+    more than `limit` bytes came in or came out. Compressed input is decoded in small slices, so a small
+    compressed body cannot inflate past the limit in one step."""
+    received = 0
+
+    async def counted() -> AsyncIterator[bytes]:
+        nonlocal received
+        async for chunk in raw:
+            received += len(chunk)
+            if received > limit:
+                raise too_large(request, limit, f"of more than {limit} bytes on the wire")
+            for i in range(0, len(chunk), DECODE_SLICE):
+                yield chunk[i:i + DECODE_SLICE]
+
+    chunks: AsyncIterable[bytes] = counted()
+    if is_encoded(headers):
+        chunks = httpx.Response(200, headers=headers, stream=_Stream(chunks), request=request).aiter_bytes()
+    produced = 0
+    async for chunk in chunks:
+        produced += len(chunk)
+        if produced > limit:
+            raise too_large(request, limit, f"of more than {limit} bytes once decoded")
+        yield chunk
+
+
+class _Stream(httpx.AsyncByteStream):
+    def __init__(self, chunks: AsyncIterable[bytes]) -> None:
+        self._chunks = chunks
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._chunks:
+            yield chunk
 
 
 class _Body(httpx.AsyncByteStream):
@@ -96,11 +169,16 @@ class _Connection(asyncio.Protocol):
                 raise httpx.RemoteProtocolError(f"unexpected {type(event).__name__} before the response",
                                                 request=request)
 
-    async def body(self, request: httpx.Request, read_timeout: float | None) -> bytes:
+    async def body(self, request: httpx.Request, read_timeout: float | None, limit: int) -> bytes:
+        """The whole body, or ResponseTooLarge once more than `limit` bytes arrived (the caller closes us)."""
         chunks = []
+        received = 0
         while True:
             event = await self._next_event(request, read_timeout)
             if isinstance(event, h11.Data):
+                received += len(event.data)
+                if received > limit:
+                    raise too_large(request, limit, f"of more than {limit} bytes (stopped reading at {received})")
                 chunks.append(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 break
@@ -141,9 +219,11 @@ class _Connection(asyncio.Protocol):
 
 class Http11Transport(httpx.AsyncBaseTransport):
     """At most `limits.max_connections` connections per transport, idle ones reused newest first and dropped after
-    `limits.keepalive_expiry` seconds. A request that fails or is cancelled mid-way closes its connection."""
+    `limits.keepalive_expiry` seconds. A request that fails or is cancelled mid-way closes its connection. Bodies
+    over `max_body` bytes (on the wire or decoded) raise ResponseTooLarge."""
 
-    def __init__(self, limits: httpx.Limits) -> None:
+    def __init__(self, limits: httpx.Limits, max_body: int = DEFAULT_MAX_BODY) -> None:
+        self._max_body = max_body
         self._expiry = limits.keepalive_expiry
         self._max_idle = limits.max_keepalive_connections
         self._slots = asyncio.Semaphore(limits.max_connections) if limits.max_connections else None
@@ -164,7 +244,9 @@ class Http11Transport(httpx.AsyncBaseTransport):
             conn = self._reuse(origin) or await self._connect(request, origin, timeouts.get("connect"))
             try:
                 head = await conn.exchange(request, payload, timeouts.get("read"))
-                content = await conn.body(request, timeouts.get("read"))
+                headers = httpx.Headers(head.headers.raw_items())
+                check_declared_length(request, headers, self._max_body)
+                content = await conn.body(request, timeouts.get("read"), self._max_body)
             except BaseException:  # a timeout, a cancellation, a broken response: the connection is not reused
                 conn.close()
                 raise
@@ -172,9 +254,13 @@ class Http11Transport(httpx.AsyncBaseTransport):
         finally:
             if self._slots is not None:
                 self._slots.release()
+        if is_encoded(headers):  # decoded here, within the limit, instead of by httpx without one
+            content = b"".join([chunk async for chunk in decode_capped(request, headers, _Body(content),
+                                                                       self._max_body)])
+            headers = decoded_headers(headers)
         return httpx.Response(
             head.status_code,
-            headers=head.headers.raw_items(),
+            headers=headers,
             stream=_Body(content),
             extensions={"http_version": b"HTTP/" + head.http_version, "reason_phrase": head.reason},
         )

@@ -1,0 +1,135 @@
+"""The response size limit (WAHA_MAX_RESPONSE_MB) on both transports, against a scripted loopback server.
+
+An endless (chunked) body, a huge declared Content-Length and a small compressed body that inflates past the limit
+all stop at the limit with ResponseTooLarge, which WahaClient turns into a permanent error without retrying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from waha_pipeline.errors import WahaPermanentError
+from waha_pipeline.waha.client import WahaClient
+from waha_pipeline.waha.http11 import Http11Transport, ResponseTooLarge
+from waha_pipeline.waha.transport import httpcore_transport, waha_transports
+from waha_pipeline_tests.waha.test_transport import RESPONSE, SESSION, Server, raw
+
+LIMIT = 256 * 1024
+BLOCK = b"[" + b"0," * 32767  # 64 KiB of a JSON array that never ends
+SENT_AT_MOST = 16 * 1024 * 1024  # what the server offers; without the limit the client would read all of it
+
+TRANSPORTS: dict[str, Callable[[], httpx.AsyncBaseTransport]] = {
+    "http11": lambda: Http11Transport(httpx.Limits(max_connections=2), max_body=LIMIT),
+    "httpcore": lambda: httpcore_transport(httpx.Limits(max_connections=2), verify=False,  # type: ignore[arg-type]
+                                           max_body=LIMIT),
+}
+
+
+class Endless:
+    """A reply whose body goes on (up to SENT_AT_MOST) until the client stops reading; counts the bytes sent."""
+
+    def __init__(self, *, chunked: bool) -> None:
+        self.chunked = chunked
+        self.sent = 0
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        framing = b"Transfer-Encoding: chunked" if self.chunked else b"Connection: close"
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n%s\r\n\r\n" % framing)
+        block = b"%x\r\n%s\r\n" % (len(BLOCK), BLOCK) if self.chunked else BLOCK
+        try:
+            while self.sent < SENT_AT_MOST:
+                writer.write(block)
+                await writer.drain()
+                self.sent += len(BLOCK)
+            writer.write(b"0\r\n\r\n" if self.chunked else b"")
+            await writer.drain()
+        except ConnectionError:
+            return False
+        return not self.chunked
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "close-delimited"])
+def test_an_endless_body_stops_at_the_limit(transport: str, chunked: bool) -> None:
+    endless = Endless(chunked=chunked)
+
+    async def scenario() -> tuple[str, bytes]:
+        async with Server([endless, raw(RESPONSE)]) as server, \
+                httpx.AsyncClient(base_url=server.url, transport=TRANSPORTS[transport]()) as http:
+            with pytest.raises(ResponseTooLarge) as caught:
+                await http.get("/api/demo/chats")
+            after = (await http.get("/api/sessions/demo")).content  # the transport goes on with a new connection
+            return str(caught.value), after
+
+    message, after = asyncio.run(scenario())
+    assert message.startswith("GET /api/demo/chats: response body of more than 262144 bytes")
+    assert "0.25 MB limit (WAHA_MAX_RESPONSE_MB)" in message
+    assert after == SESSION
+    assert endless.sent < SENT_AT_MOST  # the client stopped reading: the server could not send it all
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_huge_declared_length_is_refused_before_reading_the_body(transport: str) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000000000\r\n\r\n"
+
+    async def scenario() -> str:
+        async with Server([raw(head + BLOCK, close=True)]) as server, \
+                httpx.AsyncClient(base_url=server.url, transport=TRANSPORTS[transport]()) as http:
+            with pytest.raises(ResponseTooLarge) as caught:
+                await http.get("/api/demo/lids")
+            return str(caught.value)
+
+    assert asyncio.run(scenario()) == (
+        "GET /api/demo/lids: response body of 100000000000 bytes (Content-Length), over the 0.25 MB limit "
+        "(WAHA_MAX_RESPONSE_MB)"
+    )
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_small_compressed_body_that_inflates_past_the_limit_stops_at_the_limit(transport: str) -> None:
+    bomb = gzip.compress(b"[" + b"0," * (4 * LIMIT) + b"0]")  # ~8 KiB on the wire, 2 MiB decoded
+    head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(bomb)
+    small = gzip.compress(SESSION)
+    fine = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(small), small)
+
+    async def scenario() -> tuple[str, bytes]:
+        async with Server([raw(head + bomb), raw(fine)]) as server, \
+                httpx.AsyncClient(base_url=server.url, transport=TRANSPORTS[transport]()) as http:
+            with pytest.raises(ResponseTooLarge) as caught:
+                await http.get("/x")
+            return str(caught.value), (await http.get("/x")).content
+
+    message, after = asyncio.run(scenario())
+    assert "of more than 262144 bytes once decoded" in message and after == SESSION
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_the_client_fails_an_oversized_page_at_once_naming_the_path_and_the_limit(transport: str) -> None:
+    endless = Endless(chunked=True)
+
+    async def scenario() -> tuple[str, int, int]:
+        async with Server([endless], default=raw(RESPONSE)) as server, \
+                WahaClient(server.url, concurrency=1, transport=TRANSPORTS[transport]()) as waha:
+            with pytest.raises(WahaPermanentError) as caught:
+                await waha.list_chats("demo")
+            stats = waha.stats()
+            return str(caught.value), stats.requests, stats.retries
+
+    message, requests, retries = asyncio.run(scenario())
+    assert message.startswith("WAHA GET /api/demo/chats?") and " -> ResponseTooLarge: GET /api/demo/chats: " in message
+    assert "(WAHA_MAX_RESPONSE_MB)" in message
+    assert (requests, retries) == (1, 0)
+
+
+def test_the_transports_take_the_limit_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WAHA_MAX_RESPONSE_MB", "2")
+    [plain] = waha_transports(httpx.URL("http://waha:3000"), concurrency=4)
+    [secure] = waha_transports(httpx.URL("https://waha.example"), concurrency=4)
+    assert plain._max_body == secure._max_body == 2 * 1024 * 1024  # type: ignore[attr-defined]
+    [explicit] = waha_transports(httpx.URL("http://waha:3000"), concurrency=4, max_response_bytes=1000)
+    assert explicit._max_body == 1000  # type: ignore[attr-defined]
