@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.domain import ids
 from waha_pipeline.domain.planning import ChannelPlan, channel_slug, plan_channel
-from waha_pipeline.errors import WahaSessionNotFound
+from waha_pipeline.errors import WahaPermanentError, WahaSessionNotFound
+from waha_pipeline.settings import plan_deadline_seconds
 from waha_pipeline.waha.client import WahaClient
 from waha_pipeline.waha.models import SessionInfo
 
@@ -46,7 +47,10 @@ async def plan_and_record(
     *,
     default_tenant: str,
     plan_time: int,
+    fetch_deadline: float | None = None,
 ) -> RecordedPlan:
+    """Plan the channel from WAHA's chat list and lid mapping and record it. Fetching both lists ends within
+    `fetch_deadline` seconds (None: WAHA_PLAN_DEADLINE_SECONDS), retries included, or fails the plan."""
     tenant_id = session.tenant_id or default_tenant
     channel = store.ensure_channel(tenant_id, session.name, session.me_push_name or session.name)
     latest = store.latest_plan(channel.id)
@@ -54,12 +58,8 @@ async def plan_and_record(
         # A second plan within the same second would get the first one's id, and recording it would keep the
         # first plan's chunks under the new plan's keys: plans of a channel get strictly later times instead.
         plan_time = latest.plan_time + 1
-    chats = asyncio.ensure_future(client.list_chats(session.name))  # both lists at once: two fewer round trips
-    try:
-        lid_map = await client.lid_map(session.name)
-        raw_chats = await chats
-    finally:
-        chats.cancel()  # when the lid mapping failed; a no-op once done
+    deadline = plan_deadline_seconds() if fetch_deadline is None else fetch_deadline
+    raw_chats, lid_map = await fetch_chats_and_lids(client, session.name, deadline)
     plan = plan_channel(
         raw_chats,
         lid_map,
@@ -75,3 +75,28 @@ async def plan_and_record(
     plan_id = ids.plan_id(channel.id, plan_time)
     store.record_plan(tenant_id, channel.id, plan, plan_id)
     return RecordedPlan(plan_id=plan_id, channel_id=channel.id, tenant_id=tenant_id, plan=plan)
+
+
+async def fetch_chats_and_lids(
+    client: WahaClient, session: str, deadline: float
+) -> tuple[list[dict[str, object]], dict[str, str | None]]:
+    """The session's chat list and lid mapping, fetched at once (two fewer round trips), within `deadline` seconds:
+    a chat list that never ends, or a WAHA that keeps the lists coming slowly, fails the plan instead of running
+    on (nothing is recorded)."""
+    chats = asyncio.ensure_future(client.list_chats(session))
+    try:
+        async with asyncio.timeout(deadline) as bound:
+            lid_map = await client.lid_map(session)
+            raw_chats = await chats
+    except TimeoutError:
+        if not bound.expired():
+            raise
+        raise WahaPermanentError(
+            f"planning {session!r}: listing its chats and lids took longer than {deadline:g} s "
+            "(WAHA_PLAN_DEADLINE_SECONDS); WAHA's chat list may not end",
+            method="GET",
+            path=f"/api/{session}/chats",
+        ) from None
+    finally:
+        chats.cancel()  # when the lid mapping failed or time ran out; a no-op once done
+    return raw_chats, lid_map

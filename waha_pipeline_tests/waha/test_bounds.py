@@ -1,4 +1,5 @@
-"""The response size limit (WAHA_MAX_RESPONSE_MB) on both transports, against a scripted loopback server.
+"""The response size limit (WAHA_MAX_RESPONSE_MB) on both transports, and the planning deadline
+(WAHA_PLAN_DEADLINE_SECONDS), against a scripted loopback server.
 
 An endless (chunked) body, a huge declared Content-Length and a small compressed body that inflates past the limit
 all stop at the limit with ResponseTooLarge, which WahaClient turns into a permanent error without retrying.
@@ -8,14 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import pathlib
 from collections.abc import Callable
 
 import httpx
+import orjson
 import pytest
+import sqlalchemy as sa
 
+from waha_pipeline.crm.migrate import upgrade
+from waha_pipeline.crm.schema import import_plans
+from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.errors import WahaPermanentError
+from waha_pipeline.importer.planner import PlanRequest, plan_and_record
 from waha_pipeline.waha.client import WahaClient
 from waha_pipeline.waha.http11 import Http11Transport, ResponseTooLarge
+from waha_pipeline.waha.models import SessionInfo
 from waha_pipeline.waha.transport import httpcore_transport, waha_transports
 from waha_pipeline_tests.waha.test_transport import RESPONSE, SESSION, Server, raw
 
@@ -133,3 +142,51 @@ def test_the_transports_take_the_limit_from_the_environment(monkeypatch: pytest.
     assert plain._max_body == secure._max_body == 2 * 1024 * 1024  # type: ignore[attr-defined]
     [explicit] = waha_transports(httpx.URL("http://waha:3000"), concurrency=4, max_response_bytes=1000)
     assert explicit._max_body == 1000  # type: ignore[attr-defined]
+
+
+# -- the planning deadline ----------------------------------------------------------------------------------------
+
+
+def test_planning_an_endless_chat_list_ends_at_the_deadline_and_records_nothing(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every chats page brings new chats, so paging never ends by itself; WAHA_PLAN_DEADLINE_SECONDS ends it."""
+    url = f"sqlite:///{tmp_path}/crm.sqlite"
+    upgrade(url)
+    store = CrmStore.from_url(url)
+    monkeypatch.setenv("WAHA_PLAN_DEADLINE_SECONDS", "0.5")
+    server = Server([])
+    server_pages = [0]
+
+    async def page(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        target = server.requests[-1].split(b" ", 2)[1]
+        if b"/chats" in target:
+            server_pages[0] += 1
+            offset = int(target.split(b"offset=")[1].split(b"&")[0])
+            body = orjson.dumps([{"id": f"{5511900000000 + offset + i}@c.us", "name": f"c{offset + i}"}
+                                 for i in range(50)])
+        else:  # lids: none
+            body = b"[]"
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        await writer.drain()
+        return True
+
+    server.default = page
+    session = SessionInfo(name="demo", status="WORKING", tenant_id=None, me_id=None, me_push_name=None, engine=None)
+
+    async def scenario() -> str:
+        async with server, WahaClient(server.url, concurrency=2) as waha:
+            with pytest.raises(WahaPermanentError) as caught:
+                await plan_and_record(waha, store, session, PlanRequest(), default_tenant="t", plan_time=1_700_000_000)
+            return str(caught.value)
+
+    try:
+        message = asyncio.run(scenario())
+    finally:
+        store.dispose()
+    assert message == ("planning 'demo': listing its chats and lids took longer than 0.5 s "
+                       "(WAHA_PLAN_DEADLINE_SECONDS); WAHA's chat list may not end")
+    assert server_pages[0] > 2  # it was paging on when the deadline came
+    with sa.create_engine(url).connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(import_plans)).scalar_one() == 0
