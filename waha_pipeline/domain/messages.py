@@ -1,4 +1,4 @@
-"""Raw WAHA messages -> validated message rows and rejects with their reasons (SPEC 6.5, 6.8).
+"""Raw WAHA messages -> validated message rows, rejects with their reasons and counted skips (SPEC 6.5, 6.8).
 
 One Python pass over the payloads builds plain column lists; pandas only sees whole columns.
 """
@@ -6,7 +6,7 @@ One Python pass over the payloads builds plain column lists; pandas only sees wh
 from __future__ import annotations
 
 import hashlib
-import math
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -15,39 +15,56 @@ import pyarrow as pa
 
 from waha_pipeline.domain import ids
 from waha_pipeline.domain.batch import MESSAGE_COLUMNS, REJECT_COLUMNS, empty_frame
-from waha_pipeline.domain.chat_ids import ChatKind, classify_chat_id, normalize_chat_id
-from waha_pipeline.domain.content_types import CONTENT_TYPES, content_type
+from waha_pipeline.domain.bodies import media_body
+from waha_pipeline.domain.chat_ids import ChatKind, classify_chat_id
+from waha_pipeline.domain.content_types import CONTENT_TYPES, NOT_A_MESSAGE, classify, content_type, skip_reason
+from waha_pipeline.domain.message_time import INT64_MAX, message_time, parse_timestamp
+from waha_pipeline.domain.senders import group_sender, lid_phone
 
-__all__ = ["CONTENT_TYPES", "content_type", "map_messages", "parse_timestamp", "push_name"]
+__all__ = [
+    "CONTENT_TYPES",
+    "SKIP_REASONS",
+    "MappedMessages",
+    "content_type",
+    "map_messages",
+    "message_time",
+    "parse_timestamp",
+    "push_name",
+    "skip_reason",
+]
 
-_INT64_MAX = 2**63 - 1
+OUTSIDE_WINDOW, AFTER_PLAN_TIME = "outside_window", "after_plan_time"
+# Every key of MappedMessages.skipped: rows that are not messages, then valid messages outside the window.
+SKIP_REASONS: tuple[str, ...] = (*sorted(NOT_A_MESSAGE), OUTSIDE_WINDOW, AFTER_PLAN_TIME)
 _ROW_FIELDS = ("chat_id", "external_id", "from_me", "sent_at", "content_type", "body", "sender_id", "push_name")
 
 
-def parse_timestamp(value: Any) -> tuple[int | None, str | None]:
-    """(seconds, None) or (None, reason). WAHA sends Unix seconds as a JSON number.
+@dataclass(frozen=True)
+class MappedMessages:
+    """One chunk's fetched rows, mapped.
 
-    Accepted: ints, finite floats (floored: a fractional second is still that second) and strings holding a
-    plain integer ("1760540123"), since a proxy or an older engine may quote numbers. Rejected: missing/null,
-    bools (JSON true is not a time), NaN/inf, other strings, negatives and values beyond int64.
+    - `messages`: MESSAGE_COLUMNS (contact_id <NA>, identity fills it), unique by external_id.
+    - `rejects`: REJECT_COLUMNS, unique by reject id; malformed messages with their reasons (SPEC 6.8).
+    - `skipped`: count per reason, every key of SKIP_REASONS present: rows that are not messages
+      ("reaction", "poll_vote", "event_response", "protocol", "system_notice"), valid messages sent before
+      the window ("outside_window") or after its end, the plan time ("after_plan_time"). Each row counts once.
+    - `lid_phones`: lid digits -> phone digits that messages themselves carry (SPEC 6.5); a lid seen with two
+      different phones is left out.
+    - `late_chats`: chats with a message stamped after the plan time: their coverage must not advance, since
+      that stamp is not the send time WAHA was asked for (an engine that ignores `lte`, or NOWEB stamping
+      history with the request time).
     """
-    if value is None:
-        return None, "missing timestamp"
-    if isinstance(value, bool):
-        return None, f"timestamp is not a number: {value!r}"
-    if isinstance(value, int):
-        seconds = value
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            return None, f"timestamp is not a number: {value!r}"
-        seconds = math.floor(value)
-    elif isinstance(value, str) and value.strip().isascii() and value.strip().lstrip("-").isdigit():
-        seconds = int(value.strip())
-    else:
-        return None, f"timestamp is not a number: {_short(value)}"
-    if seconds < 0 or seconds > _INT64_MAX:
-        return None, f"timestamp out of range: {seconds}"
-    return seconds, None
+
+    messages: pd.DataFrame
+    rejects: pd.DataFrame
+    skipped: dict[str, int]
+    lid_phones: dict[str, str]
+    late_chats: frozenset[str]
+
+    @property
+    def dropped_outside_window(self) -> int:
+        """Valid messages left out by the window on either side."""
+        return self.skipped[OUTSIDE_WINDOW] + self.skipped[AFTER_PLAN_TIME]
 
 
 def push_name(data: Any) -> str | None:
@@ -90,15 +107,15 @@ def _validate(msg: Any) -> tuple[str | None, str | None]:
 
 def map_messages(
     fetched: pd.DataFrame, *, channel_id: str, window_start: int | None, window_end: int
-) -> tuple[pd.DataFrame, pd.DataFrame, int]:
-    """(messages, rejects, dropped_outside_window) for one chunk.
+) -> MappedMessages:
+    """Map one chunk's fetched rows (see MappedMessages).
 
     `fetched` has `chat_id` (normalized, the chat queried) and `payload` (raw JSON text as received).
-    Messages: MESSAGE_COLUMNS with `contact_id` <NA> (identity fills it) plus `push_name` (inbound only).
+    Rows that are not messages are counted and dropped before validation (a reaction is never a reject).
     Duplicates by external_id collapse to their first occurrence, so the caller should pass rows in plan
     order (the same message listed under a contact's @c.us and @lid chats is one message). Rejects are
     unique by reject id, and a reject whose external id also arrived valid is dropped (it was imported).
-    Valid messages outside the inclusive window are dropped and counted, not rejected.
+    Valid messages outside the inclusive window are counted, not rejected.
     """
     # Plain per-column lists of strings/ints/bools: no GC-tracked object survives per row (a list of row tuples
     # made the cyclic GC rescan a million tuples and cost ~40% more).
@@ -108,7 +125,12 @@ def map_messages(
     )
     rejects: dict[str, tuple[str, str | None, str, str]] = {}
     seen: set[str] = set()
-    dropped = 0
+    skipped_ids: set[str] = set()
+    skipped = dict.fromkeys(SKIP_REASONS, 0)
+    late_chats: set[str] = set()
+    lid_phones: dict[str, str] = {}
+    conflicting_lids: set[str] = set()
+    paired_chats: set[str] = set()  # 1:1 chats whose lid/phone pair is known: later messages need no look
     lo = -1 if window_start is None else window_start
     group_chat: dict[str, bool] = {}
     loads = orjson.loads
@@ -120,12 +142,21 @@ def map_messages(
             msg, external_id, sent_at, reason = None, None, None, "payload is not valid JSON"
         else:
             if type(msg) is dict:
+                kind = classify(msg)
+                if kind in NOT_A_MESSAGE:
+                    external_id = msg.get("id")
+                    if type(external_id) is str:
+                        if external_id in skipped_ids:
+                            continue
+                        skipped_ids.add(external_id)
+                    skipped[kind] += 1
+                    continue
                 external_id, sent_at, from_me, body = msg.get("id"), msg.get("timestamp"), msg.get("fromMe"), msg.get("body")
                 fast = (
                     type(external_id) is str
                     and external_id.strip()
                     and type(sent_at) is int
-                    and 0 <= sent_at <= _INT64_MAX
+                    and 0 < sent_at <= INT64_MAX
                     and type(from_me) is bool
                     and (body is None or (type(body) is str and "\x00" not in body))
                     and "\x00" not in external_id
@@ -136,7 +167,7 @@ def map_messages(
             if not fast:  # the common shape is checked inline above; anything else takes the careful path
                 external_id, reason = _validate(msg)
                 if reason is None:
-                    sent_at, reason = parse_timestamp(msg.get("timestamp"))
+                    sent_at, reason = message_time(msg)
                     from_me, body = msg["fromMe"], msg.get("body")
         if reason is not None:
             text = payload if isinstance(payload, str) else repr(payload)
@@ -146,24 +177,46 @@ def map_messages(
         if external_id in seen:
             continue
         seen.add(external_id)
-        if sent_at < lo or sent_at > window_end:
-            dropped += 1
-            continue
         is_group = group_chat.get(chat_id)
         if is_group is None:
             is_group = group_chat[chat_id] = classify_chat_id(chat_id) is ChatKind.GROUP
+        if is_group or chat_id not in paired_chats:
+            pair = lid_phone(msg, chat_id, is_group=is_group, from_me=from_me)
+            if pair is not None:
+                lid, phone = pair
+                if lid_phones.setdefault(lid, phone) != phone:
+                    conflicting_lids.add(lid)
+                if not is_group:
+                    paired_chats.add(chat_id)
+        if sent_at < lo:
+            skipped[OUTSIDE_WINDOW] += 1
+            continue
+        if sent_at > window_end:
+            skipped[AFTER_PLAN_TIME] += 1
+            late_chats.add(chat_id)
+            continue
+        if kind != "text":
+            body = media_body(body, msg.get("_data"))
         add_chat(chat_id)
         add_external(external_id)
         add_from_me(from_me)
         add_sent(sent_at)
-        add_type(content_type(msg))
+        add_type(kind)
         add_body(body)
-        add_sender(normalize_chat_id(msg.get("participant") or msg.get("author")) if is_group else None)
+        add_sender(group_sender(msg) if is_group else None)
         add_push(None if from_me else push_name(msg.get("_data")))
 
     messages = _message_frame(cols, channel_id)
     reject_rows = [(rid, *row) for rid, row in rejects.items() if row[1] is None or row[1] not in seen]
-    return messages, _reject_frame(reject_rows), dropped
+    for lid in conflicting_lids:
+        del lid_phones[lid]
+    return MappedMessages(
+        messages=messages,
+        rejects=_reject_frame(reject_rows),
+        skipped=skipped,
+        lid_phones=lid_phones,
+        late_chats=frozenset(late_chats),
+    )
 
 
 def _message_frame(cols: dict[str, list[Any]], channel_id: str) -> pd.DataFrame:

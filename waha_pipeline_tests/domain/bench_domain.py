@@ -54,10 +54,11 @@ def _timed(label: str, fn):  # noqa: ANN001, ANN202 - a tiny bench helper
 
 def main(n: int = 1_000_000) -> None:
     fetched = synthetic_fetch(n)
-    messages, rejects, dropped = _timed(
+    mapped = _timed(
         f"map_messages {n:,} rows",
         lambda: map_messages(fetched, channel_id="ch", window_start=None, window_end=1_800_000_000),
     )
+    messages, rejects, dropped = mapped.messages, mapped.rejects, mapped.dropped_outside_window
     messages["contact_id"] = messages["chat_id"]
     _, sessions = _timed(
         f"assign_sessions {len(messages):,} rows",
