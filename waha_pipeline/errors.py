@@ -6,8 +6,9 @@
     │   ├── WahaTransientError   connection errors, timeouts, 408, 429, 5xx: worth retrying
     │   │   └── WahaCircuitOpen         the server's circuit breaker is open: failed fast, nothing was sent
     │   └── WahaPermanentError   400/401/403/404, unserveable chat, bad body: retrying cannot help
-    │       ├── WahaSessionNotFound     404 on the session: the channel is gone or stopped
-    │       └── WahaSessionNotReady     422 "session status is not as expected" after waiting
+    │       ├── WahaSessionNotFound     GET /api/sessions/{name} says 404: the channel is gone
+    │       ├── WahaSessionNotReady     422 after waiting, or a 404 while the session is not WORKING (e.g. STOPPED)
+    │       └── WahaChatNotFound        a 404 naming a chat of a WORKING session: that chat's chunk fails
     └── ChunkError               a chunk could not be imported (wraps the cause, names the chunk)
 """
 
@@ -53,11 +54,20 @@ class WahaPermanentError(WahaError):
 
 
 class WahaSessionNotFound(WahaPermanentError):
-    """The WAHA session (the CRM channel) does not exist or is not running."""
+    """The WAHA session (the CRM channel) does not exist: `GET /api/sessions/{name}` answered 404."""
 
 
 class WahaSessionNotReady(WahaPermanentError):
-    """The session exists but is not WORKING (422), and did not become WORKING in time."""
+    """The session exists but is not WORKING: a 422 that outlasted the wait, or a 404 on a session-scoped path
+    while the session is e.g. STOPPED."""
+
+
+class WahaChatNotFound(WahaPermanentError):
+    """WAHA answered 404 for one chat while its session is WORKING: that chat cannot be served (SPEC 6.8)."""
+
+    def __init__(self, message: str, *, chat_id: str, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.chat_id = chat_id
 
 
 class ChunkError(PipelineError):

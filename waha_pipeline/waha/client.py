@@ -21,16 +21,20 @@ import httpx
 import orjson
 
 from waha_pipeline.errors import (
+    WahaChatNotFound,
     WahaCircuitOpen,
+    WahaError,
     WahaPermanentError,
     WahaSessionNotFound,
     WahaSessionNotReady,
     WahaTransientError,
 )
 from waha_pipeline.waha.models import (
+    ChatRead,
     SessionInfo,
     chat_id_of,
     message_id_of,
+    message_time_of,
     parse_lid_mapping,
     parse_session,
 )
@@ -40,7 +44,7 @@ from waha_pipeline.waha.retry import RetryBudget, RetryPolicy, classify, parse_r
 from waha_pipeline.waha.stats import TALLY, Counters, Recorder, WahaStats
 from waha_pipeline.waha.transport import waha_transports
 
-__all__ = ["KINDS", "Kind", "WahaClient", "WahaStats", "WahaTimeouts"]
+__all__ = ["KINDS", "ChatRead", "Kind", "WahaClient", "WahaStats", "WahaTimeouts"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +55,8 @@ BODY_SNIPPET = 200
 MIN_MESSAGE_PAGE = 50
 PROBE_POLL_SECONDS = 0.05  # how often a request waiting for a half-open probe's verdict looks again
 STALE_PAGES_LIMIT = 3  # consecutive non-empty pages without a new item: the server ignores `offset`
+PROBE_EMPTY_PAGES = 2  # empty pages asked past an empty one before a chat's read ends without evidence of its end
+MAX_CHATS = 1_000_000  # a chat list longer than this is taken for a server that never ends its list
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -128,9 +134,15 @@ class WahaClient:
         transport: httpx.AsyncBaseTransport | None = None,
         limiter: ServerLimiter | None = None,
         breaker: CircuitBreaker | None = None,
+        max_chats: int = MAX_CHATS,
+        probe_empty_pages: int = PROBE_EMPTY_PAGES,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if max_chats < 1 or probe_empty_pages < 0:
+            raise ValueError("max_chats must be >= 1 and probe_empty_pages >= 0")
+        self.max_chats = max_chats
+        self.probe_empty_pages = probe_empty_pages
         headers = {"Accept": "application/json"}
         if api_key:
             headers["X-Api-Key"] = api_key
@@ -168,6 +180,7 @@ class WahaClient:
         self._next_pool = itertools.cycle(self._pools)
         self._stats = Recorder()
         self._session_polls: dict[str, _SessionPoll] = {}
+        self._session_checks: dict[str, asyncio.Future[SessionInfo]] = {}  # one 404 confirmation per burst
 
     async def __aenter__(self) -> WahaClient:
         return self
@@ -181,6 +194,9 @@ class WahaClient:
         for poll in self._session_polls.values():
             poll.task.cancel()
         self._session_polls.clear()
+        for check in self._session_checks.values():
+            check.cancel()
+        self._session_checks.clear()
         for pool in self._pools:
             await pool.aclose()
 
@@ -206,7 +222,7 @@ class WahaClient:
     async def get_session(self, name: str) -> SessionInfo:
         """`GET /api/sessions/{name}`; raises WahaSessionNotFound on 404."""
         path = f"/api/sessions/{quote(name, safe='')}"
-        data = await self._request("sessions", "GET", path, session=name, wait_for_session=False)
+        data = await self._request("sessions", "GET", path, session=name, wait_for_session=False, confirm_404=False)
         return self._parse(parse_session, data, "GET", path)
 
     async def list_sessions(self, all: bool = True) -> list[SessionInfo]:  # noqa: A002 - WAHA's parameter name
@@ -224,11 +240,12 @@ class WahaClient:
 
         Offset paging until an EMPTY page: a short page is not the end (engines drop items from pages). A chat is
         a few hundred bytes, so a page of 2,000 keeps the requests (each a WAHA round trip before any chunk can
-        start) to two for most channels.
+        start) to two for most channels. More than `max_chats` chats is a permanent error: a list that never
+        ends must not grow the plan without bound.
         """
         path = f"/api/{quote(session, safe='')}/chats"
         base = {"sortBy": "id", "sortOrder": "asc"}
-        return await self._page_all("chats", path, base, session, page_size, chat_id_of)
+        return await self._page_all("chats", path, base, session, page_size, chat_id_of, max_items=self.max_chats)
 
     async def lid_map(self, session: str, page_size: int = 1000) -> dict[str, str | None]:
         """WAHA's lid -> phone mapping as digits -> digits (None when WAHA does not know the phone)."""
@@ -249,35 +266,58 @@ class WahaClient:
 
     async def fetch_messages(
         self, session: str, chat_id: str, *, gte: int | None, lte: int, page_size: int = 500,
-        encode: Callable[[Any], Any] | None = None,
+        encode: Callable[[Any], Any] | None = None, last_at: int | None = None,
     ) -> list[Any]:
-        """Every message of one chat with `gte <= timestamp <= lte` (gte None = no lower bound), oldest first.
+        """The items of `read_chat`, for callers that do not track how far the read is proven."""
+        read = await self.read_chat(session, chat_id, gte=gte, lte=lte, page_size=page_size, encode=encode,
+                                    last_at=last_at)
+        return read.items
 
-        Raw dicts, unchanged, or `encode(item)` of each as its page arrives (e.g. its JSON text: a parsed page is
-        several times the size of its text, and a big chat's pages need not all stay parsed in memory).
-        Deduplicated by `id` (first wins); items without a usable id are kept in order so the domain can reject
-        them. A page that times out is re-requested at the same offset with half the limit (down to
-        `min_page_size`), and the smaller limit is kept for the rest of the chat.
+    async def read_chat(
+        self, session: str, chat_id: str, *, gte: int | None, lte: int, page_size: int = 500,
+        encode: Callable[[Any], Any] | None = None, last_at: int | None = None,
+    ) -> ChatRead:
+        """Every message of one chat with `gte <= timestamp <= lte` (gte None = no lower bound), oldest first, and
+        how far the read is proven complete (`ChatRead.proven_to`).
+
+        `last_at` is the chat's last-message time from the chat list (None when unknown): the evidence that lets
+        an empty page end the chat at once (see `_read_pages`). Raw dicts, unchanged, or `encode(item)` of each as
+        its page arrives (a parsed page is several times the size of its text). Deduplicated by `id` (first
+        wins); items without a usable id are kept in order so the domain can reject them. A page that times out
+        is re-requested at the same offset with half the limit (down to `min_page_size`), and the smaller limit
+        is kept for the rest of the chat.
         """
         path = f"/api/{quote(session, safe='')}/chats/{quote(chat_id, safe='')}/messages"
         base: dict[str, str] = {"downloadMedia": "false", "sortBy": "timestamp", "sortOrder": "asc"}
         if gte is not None:
             base["filter.timestamp.gte"] = str(int(gte))
         base["filter.timestamp.lte"] = str(int(lte))
-        return await self._page_all("messages", path, base, session, page_size, message_id_of, shrink=True,
-                                    encode=encode)
+        return await self._read_pages(path, base, session, chat_id, page_size, gte=gte, lte=lte, last_at=last_at,
+                                      encode=encode)
 
     async def fetch_many(
         self, session: str, chat_ids: Iterable[str], *, gte: int | None, lte: int, page_size: int = 500,
-        encode: Callable[[Any], Any] | None = None,
+        encode: Callable[[Any], Any] | None = None, last_at: Mapping[str, int | None] | None = None,
     ) -> dict[str, list[Any]]:
-        """`fetch_messages` for several chats concurrently (requests bounded by the server's limiter).
+        """The items of `read_many`."""
+        reads = await self.read_many(session, chat_ids, gte=gte, lte=lte, page_size=page_size, encode=encode,
+                                     last_at=last_at)
+        return {chat_id: read.items for chat_id, read in reads.items()}
+
+    async def read_many(
+        self, session: str, chat_ids: Iterable[str], *, gte: int | None, lte: int, page_size: int = 500,
+        encode: Callable[[Any], Any] | None = None, last_at: Mapping[str, int | None] | None = None,
+    ) -> dict[str, ChatRead]:
+        """`read_chat` for several chats concurrently (requests bounded by the server's limiter); `last_at` maps
+        a chat to its last-message time from the chat list (missing = unknown).
 
         The first failure cancels the other chats and is raised; the result is keyed in input order.
         """
         ids = list(dict.fromkeys(chat_ids))
+        known = last_at or {}
         tasks = [
-            asyncio.ensure_future(self.fetch_messages(session, c, gte=gte, lte=lte, page_size=page_size, encode=encode))
+            asyncio.ensure_future(self.read_chat(session, c, gte=gte, lte=lte, page_size=page_size, encode=encode,
+                                                 last_at=known.get(c)))
             for c in ids
         ]
         try:
@@ -300,10 +340,10 @@ class WahaClient:
         page_size: int,
         key: Callable[[Any], str | None],
         *,
-        shrink: bool = False,
-        encode: Callable[[Any], Any] | None = None,
+        max_items: int | None = None,
     ) -> list[Any]:
-        """Offset paging: `offset += limit` until an empty page; dedupe by `key` keeping the first occurrence."""
+        """Offset paging of a list (chats, lids): `offset += limit` until an empty page; dedupe by `key` keeping
+        the first occurrence; more than `max_items` items is a permanent error."""
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
         limit, offset, stale = page_size, 0, 0
@@ -311,15 +351,7 @@ class WahaClient:
         items: list[Any] = []
         while True:
             params = {**base, "limit": str(limit), "offset": str(offset)}
-            can_shrink = shrink and limit > self.min_page_size
-            try:
-                data = await self._request(kind, "GET", path, params=params, session=session, shrink_on_timeout=can_shrink)
-            except _PageTimeout:
-                limit = max(self.min_page_size, limit // 2)
-                self._stats.add("page_shrinks")
-                logger.info("WAHA GET %s timed out at offset %d; retrying the page with limit %d", path, offset, limit)
-                continue
-            page = self._expect_list(data, "GET", path)
+            page = self._expect_list(await self._request(kind, "GET", path, params=params, session=session), "GET", path)
             if not page:
                 return items
             added = 0
@@ -328,16 +360,97 @@ class WahaClient:
                 if item_key is None or item_key not in seen:
                     if item_key is not None:
                         seen.add(item_key)
-                    items.append(item if encode is None else encode(item))
+                    items.append(item)
                     added += 1
-            stale = stale + 1 if added == 0 else 0
-            if stale >= STALE_PAGES_LIMIT:
+            if max_items is not None and len(items) > max_items:
                 raise WahaPermanentError(
-                    f"WAHA GET {path}: {stale} pages in a row brought nothing new at offset {offset}; "
-                    "the server seems to ignore offset paging",
+                    f"WAHA GET {path}: more than {max_items} items; the list does not end (raise the limit if it "
+                    "is real)",
                     method="GET",
                     path=path,
                 )
+            stale = _check_stale(stale, added, path, offset)
+            offset += limit
+
+    async def _read_pages(
+        self,
+        path: str,
+        base: Mapping[str, str],
+        session: str,
+        chat_id: str,
+        page_size: int,
+        *,
+        gte: int | None,
+        lte: int,
+        last_at: int | None,
+        encode: Callable[[Any], Any] | None = None,
+    ) -> ChatRead:
+        """Offset paging of one chat's messages, oldest first, to its proven end (SPEC 8).
+
+        The engines slice `limit`/`offset` in their store and drop the rows they cannot map afterwards
+        (reactions, poll votes, protocol rows), so a page can be short or empty while later offsets still hold
+        messages. The end rule:
+
+        - an empty page ends the read at once, proven to `lte`, when the newest timestamp read is >= the target
+          `min(last_at, lte)` (or the target lies before `gte`: the chat list says nothing is in the range);
+        - otherwise up to `probe_empty_pages` further pages are asked at the following offsets; a non-empty one
+          resumes the paging, and when all are empty the read ends unproven: proven only to the newest timestamp
+          read (inclusive), or not at all when nothing was read;
+        - a server that returns a chat newest first (WEBJS ignores `sortOrder`) gives no evidence for the end a
+          last-message time could confirm: its read is always probed and never proven.
+
+        The clean case costs one request more than the data pages: the empty page after them.
+        """
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        target = lte if last_at is None else min(last_at, lte)
+        limit, offset, stale, empty = page_size, 0, 0, 0
+        seen: set[str] = set()
+        items: list[Any] = []
+        newest: int | None = None
+        previous: int | None = None
+        ordered = True
+        while True:
+            params = {**base, "limit": str(limit), "offset": str(offset)}
+            can_shrink = limit > self.min_page_size
+            try:
+                data = await self._request("messages", "GET", path, params=params, session=session,
+                                           shrink_on_timeout=can_shrink, chat=chat_id)
+            except _PageTimeout:
+                limit = max(self.min_page_size, limit // 2)
+                self._stats.add("page_shrinks")
+                logger.info("WAHA GET %s timed out at offset %d; retrying the page with limit %d", path, offset, limit)
+                continue
+            page = self._expect_list(data, "GET", path)
+            if not page:
+                reached = newest is not None and newest >= target
+                if ordered and (reached or (gte is not None and target < gte)):
+                    return ChatRead(items, lte, newest)
+                empty += 1
+                if empty > self.probe_empty_pages:
+                    logger.info("WAHA GET %s: pages ran out at offset %d without evidence of the chat's end "
+                                "(newest read %s, last message listed %s)", path, offset, newest, last_at)
+                    proven = newest if ordered and newest is not None and (gte is None or newest >= gte) else None
+                    return ChatRead(items, None if proven is None else min(proven, lte), newest)
+                offset += limit
+                continue
+            empty = 0
+            added = 0
+            for item in page:
+                item_key = message_id_of(item)
+                if item_key is not None and item_key in seen:
+                    continue
+                if item_key is not None:
+                    seen.add(item_key)
+                at = message_time_of(item)
+                if at is not None:
+                    if previous is not None and at < previous:
+                        ordered = False
+                    previous = at
+                    newest = at if newest is None else max(newest, at)
+                items.append(item if encode is None else encode(item))
+                added += 1
+            stale = _check_stale(stale, added, path, offset)
             offset += limit
 
     # -- the one request path ---------------------------------------------------------------------------------
@@ -353,13 +466,17 @@ class WahaClient:
         session: str | None = None,
         wait_for_session: bool = True,
         shrink_on_timeout: bool = False,
+        confirm_404: bool = True,
+        chat: str | None = None,
     ) -> Any:
         """Send one logical request and return its parsed JSON body.
 
         Retries transient failures (capped in attempts and time), waits for the session on a 422 "session status
         is not as expected" (bounded, one shared poller per session), maps the rest to the error tree. `session`
-        marks a session-scoped path: a 404 there is WahaSessionNotFound. Each attempt passes the circuit breaker
-        (fail fast with WahaCircuitOpen while open) and the per-server limiter.
+        marks a session-scoped path: a 404 there is confirmed with `GET /api/sessions/{session}` (unless
+        `confirm_404` is False: the path is that session itself), see `_explain_404`; `chat` names the chat the
+        path serves. Each attempt passes the circuit breaker (fail fast with WahaCircuitOpen while open) and the
+        per-server limiter.
 
         Time bound: retry sleeps stop at `retry.max_elapsed`; each attempt is capped by `timeouts.attempt_limit`;
         waiting for the session adds at most `session_wait_timeout`; waiting for the limiter is bounded by the
@@ -382,7 +499,9 @@ class WahaClient:
             if decision == "fail":
                 message = self._message(where, status, exc, body)
                 if status == 404 and session is not None and not _route_missing(body):
-                    raise WahaSessionNotFound(message, status=status, method=method, path=path)
+                    if not confirm_404:
+                        raise WahaSessionNotFound(message, status=status, method=method, path=path)
+                    raise await self._explain_404(session, chat, message, method, path)
                 raise WahaPermanentError(message, status=status, method=method, path=path)
 
             if decision == "wait_session":
@@ -511,6 +630,32 @@ class WahaClient:
         elif changed == "closed":
             self._stats.add("breaker_closed")
 
+    async def _explain_404(self, session: str, chat: str | None, message: str, method: str, path: str) -> WahaError:
+        """What a 404 on a session-scoped path means, from `GET /api/sessions/{session}` (SPEC 6.8): 404 there ->
+        the channel is gone (WahaSessionNotFound); the session exists but is not WORKING (STOPPED paths answer 404
+        too) -> WahaSessionNotReady naming its status; WORKING -> the 404 is about the chat (WahaChatNotFound) or,
+        on a path of no chat, a plain permanent error. A failing confirmation is raised as it is (e.g. transient).
+
+        Concurrent 404s of one session share one confirmation (a burst of chats of a deleted session costs one
+        session request, not one per chat).
+        """
+        check = self._session_checks.get(session)
+        if check is None or check.done():
+            check = self._session_checks[session] = asyncio.ensure_future(self.get_session(session))
+            check.add_done_callback(_retrieve)
+        try:
+            info = await asyncio.shield(check)
+        except WahaSessionNotFound:
+            return WahaSessionNotFound(f"{message}; session {session!r} not found", status=404, method=method,
+                                       path=path)
+        if not info.working:
+            return WahaSessionNotReady(f"{message}; session {session!r} is {info.status}", status=404,
+                                       method=method, path=path)
+        if chat is not None:
+            return WahaChatNotFound(f"{message}; session {session!r} is WORKING: WAHA cannot serve chat {chat}",
+                                    chat_id=chat, status=404, method=method, path=path)
+        return WahaPermanentError(f"{message}; session {session!r} is WORKING", status=404, method=method, path=path)
+
     async def _await_session(self, session: str, budget: float) -> str | None:
         """Wait until the session is WORKING (None) or `budget` is spent (its last status).
 
@@ -593,6 +738,19 @@ class WahaClient:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+
+def _check_stale(stale: int, added: int, path: str, offset: int) -> int:
+    """Count pages in a row that brought nothing new; raise once they show the server ignores `offset`."""
+    stale = stale + 1 if added == 0 else 0
+    if stale >= STALE_PAGES_LIMIT:
+        raise WahaPermanentError(
+            f"WAHA GET {path}: {stale} pages in a row brought nothing new at offset {offset}; "
+            "the server seems to ignore offset paging",
+            method="GET",
+            path=path,
+        )
+    return stale
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

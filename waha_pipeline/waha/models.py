@@ -7,6 +7,7 @@ must reach it unchanged so it can be rejected with its raw payload (SPEC 6.8). I
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 WORKING = "WORKING"
@@ -113,3 +114,56 @@ def parse_lid_mapping(raw: Any) -> LidMapping | None:
     if lid is None:
         return None
     return LidMapping(lid=lid, phone=_digits_of(raw.get("pn"), ("@c.us", "@s.whatsapp.net")))
+
+
+def _seconds(value: Any) -> int | None:
+    """Unix seconds from a number, a numeric string or a protobuf Long `{low, high}`; None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value == value and abs(value) != float("inf") else None
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    if isinstance(value, dict) and isinstance(value.get("low"), int) and isinstance(value.get("high"), int):
+        return (value["high"] << 32) | (value["low"] & 0xFFFFFFFF)
+    return None
+
+
+def message_time_of(message: Any) -> int | None:
+    """The message's time in Unix seconds as far as paging needs it: WAHA `timestamp`, else the engine's own field
+    (WEBJS `_data.t`, NOWEB `_data.messageTimestamp`, GOWS `_data.Info.Timestamp`); None when it has none."""
+    if not isinstance(message, dict):
+        return None
+    found = _seconds(message.get("timestamp"))
+    data = message.get("_data")
+    if found is None and isinstance(data, dict):
+        found = _seconds(data.get("t"))
+        if found is None:
+            found = _seconds(data.get("messageTimestamp"))
+        info = data.get("Info")
+        if found is None and isinstance(info, dict) and isinstance(info.get("Timestamp"), str):
+            try:
+                found = int(datetime.fromisoformat(info["Timestamp"].replace("Z", "+00:00")).timestamp())
+            except ValueError:
+                found = None
+    return found if found is not None and found >= 0 else None
+
+
+@dataclass(frozen=True)
+class ChatRead:
+    """One chat's messages as read from WAHA, and how far that read is proven complete.
+
+    `proven_to`: every message of the chat with `gte <= timestamp <= proven_to` was read (inclusive). It equals the
+    read's `lte` when the end was proven, the newest timestamp read when the pages ran out without evidence of the
+    end (messages of that second may remain unread: the next import reads it again), and None when nothing is
+    proven. `newest` is the newest timestamp among the items read.
+    """
+
+    items: list[Any]
+    proven_to: int | None
+    newest: int | None = None
+
+    def complete(self, lte: int) -> bool:
+        return self.proven_to is not None and self.proven_to >= lte

@@ -350,7 +350,8 @@ async def test_measured_scope_gets_waits_shrinks_and_breaker_events(
         CHATS: [reply(503)],
     })
     async with make_client(script, retry=RetryPolicy(max_attempts=100, max_elapsed=1e6)) as waha:
-        _, first = await waha.measured(waha.fetch_messages("default", "1@c.us", gte=None, lte=1, page_size=400))
+        _, first = await waha.measured(waha.fetch_messages("default", "1@c.us", gte=1, lte=1, page_size=400,
+                                                              last_at=0))  # listed as ended before: no probe
 
         async def doomed() -> None:
             with pytest.raises(WahaCircuitOpen):

@@ -47,7 +47,9 @@ def assert_clean(error: BaseException) -> None:
 
 
 async def fetch(waha: WahaClient, **kw: object) -> list[dict[str, object]]:
-    options: dict[str, object] = {"gte": 1_700_000_000, "lte": 1_800_000_000, "page_size": 500}
+    # last_at: the chat list's last-message time, the evidence that lets an empty page end the chat at once
+    options: dict[str, object] = {"gte": 1_700_000_000, "lte": 1_800_000_000, "page_size": 500,
+                                  "last_at": 1_760_000_000}
     options.update(kw)
     return await waha.fetch_messages("default", CHAT, **options)  # type: ignore[arg-type]
 
@@ -91,12 +93,15 @@ async def test_429_retry_after_is_capped(make_client: Callable[..., WahaClient],
     ids=["400", "401", "403", "404-session-scoped"],
 )
 async def test_client_errors_are_not_retried(make_client: Callable[..., WahaClient], fake_time: FakeTime, status: int, error_type: type[WahaError]) -> None:
-    script = Script({MSGS_DECODED: [reply(status, {"message": f"nope {SECRET}", "statusCode": status}), reply(200, [])]})
+    """A 404 is confirmed with one session request (here: the session is gone), never retried."""
+    script = Script({MSGS_DECODED: [reply(status, {"message": f"nope {SECRET}", "statusCode": status}), reply(200, [])],
+                     SESSION: [reply(404, {"message": "Session not found", "statusCode": 404})]})
     async with make_client(script) as waha:
         with pytest.raises(error_type) as info:
             await fetch(waha)
         assert waha.stats().retries == 0
-    assert len(script.requests) == 1 and fake_time.sleeps == []
+    assert len(script.params(MSGS_DECODED)) == 1 and fake_time.sleeps == []
+    assert len(script.requests) == (2 if status == 404 else 1)
     assert info.value.status == status and info.value.path == MSGS
     assert f"HTTP {status}" in str(info.value) and MSGS in str(info.value)
     assert not isinstance(info.value, WahaTransientError)
@@ -285,7 +290,7 @@ async def test_messages_are_deduped_by_id_and_idless_items_kept(make_client: Cal
 async def test_message_query_is_explicit(make_client: Callable[..., WahaClient]) -> None:
     script = Script({MSGS_DECODED: [reply(200, [])]})
     async with make_client(script) as waha:
-        await waha.fetch_messages("default", CHAT, gte=100, lte=200, page_size=250)
+        await waha.fetch_messages("default", CHAT, gte=100, lte=200, page_size=250, last_at=50)
         await waha.fetch_messages("default", CHAT, gte=None, lte=200)
     request = script.requests[0]
     assert request.url.raw_path.split(b"?")[0] == MSGS.encode()
@@ -305,7 +310,8 @@ async def test_each_call_kind_has_its_own_explicit_timeout(make_client: Callable
         await waha.lid_map("default")
         await fetch(waha)
     reads = [(r.url.path.rsplit("/", 1)[-1], r.extensions["timeout"]["read"]) for r in script.requests]
-    assert reads == [("default", 11), ("chats", 22), ("lids", 22), ("messages", 33)]
+    # nothing listed, nothing read: the empty page is probed twice before the read ends unproven
+    assert reads == [("default", 11), ("chats", 22), ("lids", 22)] + [("messages", 33)] * 3
     assert all(r.extensions["timeout"]["connect"] == 5.0 for r in script.requests)
 
 
@@ -365,15 +371,15 @@ async def test_fetch_many_is_bounded_by_the_semaphore(make_client: Callable[...,
         in_flight -= 1
         chat = request.url.path.split("/")[4]
         offset = int(request.url.params["offset"])
-        return httpx.Response(200, json=[{"id": f"{chat}-{offset}"}] if offset == 0 else [])
+        return httpx.Response(200, json=[{"id": f"{chat}-{offset}", "timestamp": 5}] if offset == 0 else [])
 
     chats = [f"55119000000{n:02d}@c.us" for n in range(12)]
     async with make_client(handler, concurrency=3) as waha:
         before = waha.stats()
-        result = await waha.fetch_many("default", chats, gte=None, lte=10, page_size=10)
+        result = await waha.fetch_many("default", chats, gte=None, lte=10, page_size=10, last_at=dict.fromkeys(chats, 5))
         delta = waha.stats() - before
     assert list(result) == chats
-    assert result[chats[5]] == [{"id": f"{chats[5]}-0"}]
+    assert result[chats[5]] == [{"id": f"{chats[5]}-0", "timestamp": 5}]
     assert peak == 3
     assert delta.requests == 24 and delta.requests_by_kind == {"messages": 24}
 

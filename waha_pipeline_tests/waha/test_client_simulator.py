@@ -82,6 +82,17 @@ def pages(entries: int, page_size: int) -> int:
     return math.ceil(entries / page_size) + 1
 
 
+def end_probes(chat: SimChat, gte: int | None, lte: int) -> int:
+    """Empty pages the client asks past the first one: none when the newest message served in the window reaches
+    the chat list's last-message time (or that time lies before the window), else the two probes."""
+    listed = chat.listed_timestamp()
+    target = lte if listed is None else min(listed, lte)
+    newest = max((e.ts for e in chat.entries if not e.hidden and (gte is None or e.ts >= gte) and e.ts <= lte),
+                 default=None)
+    reached = (newest is not None and newest >= target) or (gte is not None and target < gte)
+    return 0 if reached else 2
+
+
 def busiest(session: SimSession, n: int) -> list[SimChat]:
     """The 1:1 chats with most stored entries (they carry the hidden reactions and duplicates)."""
     return sorted((c for c in session.chats if c.kind in ONE_TO_ONE_KINDS), key=lambda c: -len(c.entries))[:n]
@@ -148,8 +159,10 @@ async def test_message_request_count_is_honest(small_sim: Any, small_session: Si
     page_size = 5
     async with client(small_sim) as waha:
         before = waha.stats()
-        await waha.fetch_messages("demo", chat.id, gte=None, lte=ANCHOR, page_size=page_size)
+        await waha.fetch_messages("demo", chat.id, gte=None, lte=ANCHOR, page_size=page_size,
+                                  last_at=chat.listed_timestamp())
         delta = waha.stats() - before
+    assert end_probes(chat, None, ANCHOR) == 0
     assert delta.requests_by_kind == {"messages": pages(len(chat.entries), page_size)}
     assert delta.retries == 0
 
@@ -207,13 +220,16 @@ async def test_fetch_many_concurrently(small_session: SimSession) -> None:
     with run_in_thread(MEDIUM, port=0, anchor=ANCHOR) as handle:
         handle.state.faults.latency_ms = 5.0  # so requests overlap on the server and the bound is observable
         async with client(handle, concurrency=16) as waha:
-            got = await waha.fetch_many("demo", [c.id for c in chats], gte=gte, lte=lte, page_size=500)
+            got = await waha.fetch_many("demo", [c.id for c in chats], gte=gte, lte=lte, page_size=500,
+                                        last_at={c.id: c.listed_timestamp() for c in chats})
             stats = waha.stats()
         served = handle.stats()
     assert list(got) == [c.id for c in chats]
     for chat in chats:
         assert got[chat.id] == expected_messages(chat, gte, lte), chat.id
-    assert stats.requests_by_kind == {"messages": sum(pages(window_size(c, gte, lte), 500) for c in chats)}
+    assert stats.requests_by_kind == {
+        "messages": sum(pages(window_size(c, gte, lte), 500) + end_probes(c, gte, lte) for c in chats)
+    }
     assert served["messages"] == stats.requests == served["total"]  # the client counts what the server saw
     assert 8 < served["max_in_flight"] <= 16  # concurrency is used, and bounded by the semaphore
     assert stats.retries == 0
@@ -260,6 +276,6 @@ async def test_session_that_stays_not_working_fails_clearly() -> None:
                 await waha.fetch_messages("demo", "1@c.us", gte=None, lte=ANCHOR)
         handle.set_status("demo", "STOPPED")
         async with client(handle) as waha:
-            with pytest.raises(WahaSessionNotFound, match="HTTP 404"):
+            with pytest.raises(WahaSessionNotReady, match="HTTP 404.*'demo' is STOPPED"):
                 await waha.lid_map("demo")
             assert (await waha.get_session("demo")).status == "STOPPED"
