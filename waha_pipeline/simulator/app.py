@@ -364,25 +364,41 @@ def create_app(state: SimulatorState) -> Starlette:
         q = request.query_params
         limit = _int(q, "limit", None, minimum=0)
         offset = _int(q, "offset", 0, minimum=0) or 0
-        by = _enum(q, "sortBy", ("conversationTimestamp", "id", "name"), "id")
-        order = _enum(q, "sortOrder", ("desc", "asc"), "asc" if by == "id" else "desc")
         index = state.chat_index[name]
+        by = _enum(q, "sortBy", ("conversationTimestamp", "id", "name"), None)
+        order = _enum(q, "sortOrder", ("desc", "asc"), None)
+        if by is None:
+            by, default_order = index.default_sort
+            order = order or default_order
+        order = order or ("asc" if by == "id" else "desc")
         items = (index.desc if order == "desc" else index.asc)[by or "id"]
         page = items[offset:] if not limit else items[offset: offset + limit]
         return _raw(b"[" + b",".join(page) + b"]")
 
+    spec = state.dataset.spec
+    webjs = spec.engine == "webjs"
+    ignore_offset, ignore_lte = spec.ignore_offset, spec.ignore_lte
+
     async def list_messages(request: Request) -> Response:
+        """The store's window sliced by limit/offset FIRST, then the rows the engine drops (GOWS/NOWEB reactions,
+        poll votes, protocol rows; WEBJS rows `result.filter(Boolean)` removes) left out: a page can be short or
+        empty while later offsets still hold messages. WEBJS sorts newest-first whatever sortOrder says
+        (WebjsClientCore.getMessages) and omits `timestamp` when `filter.timestamp.gte` is sent (#2024)."""
         name = request.path_params["session"]
         if (err := running(name)) is not None:
             return err
         q = request.query_params
-        limit = _int(q, "limit", 10, minimum=0) or 10
-        offset = _int(q, "offset", 0, minimum=0) or 0
+        limit = _int(q, "limit", 10, minimum=0)
+        if not limit:  # controller default 10; WEBJS turns a falsy limit into Infinity in the page script
+            limit = 10 if not webjs or limit is None else 1 << 62
+        offset = 0 if ignore_offset else (_int(q, "offset", 0, minimum=0) or 0)
         _bool(q, "downloadMedia")
         _enum(q, "sortBy", ("timestamp", "messageTimestamp"), "timestamp")
         order = _enum(q, "sortOrder", ("desc", "asc"), "desc")
+        if webjs:
+            order = "desc"
         gte = _int(q, "filter.timestamp.gte", None)
-        lte = _int(q, "filter.timestamp.lte", None)
+        lte = None if ignore_lte else _int(q, "filter.timestamp.lte", None)
         from_me = _bool(q, "filter.fromMe")
         chat_id = request.path_params["chat_id"]
         chat = state.dataset.sessions[name].find_chat(chat_id)
@@ -395,16 +411,10 @@ def create_app(state: SimulatorState) -> Starlette:
         else:
             end = hi - offset
             page = items[max(lo, end - limit): end][::-1] if end > lo else []
-        blobs = [e.blob for e in page if e.blob is not None]  # hidden reactions dropped AFTER slicing: short page
-        if page and not blobs:
-            # The slice held only hidden items. Serve the next visible one (the next page repeats it; clients
-            # dedupe by id) so that an empty page always means the end, as SPEC 8 paging relies on.
-            step = 1 if order == "asc" else -1
-            i = (lo + offset + len(page)) if order == "asc" else (hi - offset - len(page) - 1)
-            while lo <= i < hi and items[i].blob is None:
-                i += step
-            if lo <= i < hi:
-                blobs = [items[i].blob]
+        if webjs and gte is not None:
+            blobs = [e.alt or e.blob for e in page if e.blob is not None]
+        else:
+            blobs = [e.blob for e in page if e.blob is not None]  # dropped AFTER slicing: short or empty page
         return _raw(b"[" + b",".join(blobs) + b"]")  # type: ignore[arg-type]
 
     async def list_lids(request: Request) -> Response:
@@ -595,7 +605,7 @@ def create_app(state: SimulatorState) -> Starlette:
 
     async def sim_dataset(request: Request) -> Response:
         ds = state.dataset
-        return _json({"anchor": ds.anchor, "seed": ds.spec.seed,
+        return _json({"anchor": ds.anchor, "seed": ds.spec.seed, "engine": ds.spec.engine,
                       "sessions": {n: {**s.counts(), "status": state.statuses[n], "tenant_id": s.tenant_id,
                                        "deleted": n in state.deleted, "plans": _plans(n)}
                                    for n, s in ds.sessions.items()}})

@@ -16,9 +16,10 @@ import gc
 import math
 import random
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 
 import orjson
+
+from waha_pipeline.simulator import engines as eng
 
 # Chat kinds (how the chat is generated; the importer only ever sees the wire form).
 DIRECT = "direct"  # "<digits>@c.us" as a string
@@ -27,6 +28,7 @@ DIRECT_SWA = "direct_swa"  # @c.us chat whose id arrives as "<digits>@s.whatsapp
 LID_MAPPED = "lid_mapped"  # "<n>@lid", phone known, and that phone has no @c.us chat
 LID_DUP = "lid_dup"  # "<n>@lid", phone known, and that phone also has a @c.us chat (same contact)
 LID_UNKNOWN = "lid_unknown"  # "<n>@lid", pn null in the lid map
+LID_ALT = "lid_alt"  # "<n>@lid" unknown to /lids whose messages carry the phone (GOWS SenderAlt, NOWEB remoteJidAlt)
 GROUP = "group"  # "...@g.us"
 STATUS = "status"  # "status@broadcast"
 BROADCAST = "broadcast"  # "<id>@broadcast"
@@ -34,18 +36,19 @@ NEWSLETTER = "newsletter"  # "<n>@newsletter"
 INJECTED = "injected"  # a chat added at run time with any id string (SimulatorState.add_chat); never imported
 
 DIRECT_KINDS = frozenset({DIRECT, DIRECT_OBJ, DIRECT_SWA})
-LID_KINDS = frozenset({LID_MAPPED, LID_DUP, LID_UNKNOWN})
+LID_KINDS = frozenset({LID_MAPPED, LID_DUP, LID_UNKNOWN, LID_ALT})
 ONE_TO_ONE_KINDS = DIRECT_KINDS | LID_KINDS
-ALL_KINDS = (DIRECT, DIRECT_OBJ, DIRECT_SWA, LID_MAPPED, LID_DUP, LID_UNKNOWN, GROUP, STATUS, BROADCAST, NEWSLETTER)
+ALL_KINDS = (DIRECT, DIRECT_OBJ, DIRECT_SWA, LID_MAPPED, LID_DUP, LID_UNKNOWN, LID_ALT, GROUP, STATUS, BROADCAST,
+             NEWSLETTER)
 
 CONTENT_TYPES = ("text", "image", "video", "audio", "voice", "document", "sticker", "location", "contact", "other")
 _CONTENT_WEIGHTS = (70, 8, 3, 2, 5, 3, 3, 2, 2, 2)
 
 # Malformed message defects (SPEC 6.8); the cycle order decides which ones a small dataset gets.
 DEFECTS = ("missing_id", "missing_timestamp", "string_timestamp", "fromme_not_bool")
+NO_TIMESTAMP = "no_timestamp"  # the engine quirk whose message carries no time in any field (GOWS zero time)
 
 TIMEOUT_SECONDS = 30 * 60  # the default session timeout the bursts are shaped around
-_BRT = timezone(timedelta(hours=-3))
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,23 @@ class DatasetSpec:
     history_days: int = 365
     sessions: tuple[SessionSpec, ...] = (SessionSpec(),)
     reaction_every: int = 12  # ~1 hidden reaction per this many messages (GOWS drops them from pages)
+    # The engine whose message objects, paging and chat list are served (simulator/engines.py).
+    engine: str = "gows"
+    # WAHA <= 2024 behaviour of the engine: NOWEB serves protocol rows (revoke/edit) and lists only chats that
+    # have a conversationTimestamp; WEBJS group messages name the sender only in `_data.author`.
+    legacy: bool = False
+    # Version quirks of the messages endpoint: WEBJS before 2025.10.5 ignored `offset`; WEBJS 2026.7.1 ignores
+    # `filter.timestamp.lte` (devlikeapro/waha #2164).
+    ignore_offset: bool = False
+    ignore_lte: bool = False
+    # Runs of rows the engine drops after slicing (a reaction burst): with >= 2 pages of them in a row, some
+    # page comes back empty while later offsets still hold messages.
+    hidden_bursts: int = 2
+    hidden_burst_rows: int = 1100
+
+    def __post_init__(self) -> None:
+        if self.engine not in eng.ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(eng.ENGINES)}, got {self.engine!r}")
 
 
 class StoredMessage:
@@ -75,13 +95,13 @@ class StoredMessage:
 
     __slots__ = (
         "ts", "sort_id", "seq", "from_me", "blob", "external_id", "body", "content_type",
-        "push_name", "participant", "defect",
+        "push_name", "participant", "defect", "alt", "row",
     )
 
     def __init__(
         self, ts: int, sort_id: str, seq: int, from_me: bool, blob: bytes | None, external_id: str | None,
         body: str | None, content_type: str, push_name: str | None, participant: str | None,
-        defect: str | None,
+        defect: str | None, alt: bytes | None = None, row: str | None = None,
     ) -> None:
         self.ts = ts  # timestamp used to sort and filter (also for malformed items, whose wire value is bad)
         self.sort_id = sort_id  # tie-breaker: the id ("" when missing)
@@ -93,14 +113,17 @@ class StoredMessage:
         self.content_type = content_type
         self.push_name = push_name  # _data.Info.PushName of an inbound message
         self.participant = participant
-        self.defect = defect  # None for good messages, a DEFECTS value for malformed ones
+        self.defect = defect  # None for good messages, a DEFECTS value (or NO_TIMESTAMP) for rejected ones
+        self.alt = alt  # WEBJS: the blob served when the request has filter.timestamp.gte (no top-level timestamp)
+        self.row = row  # None for a real message; a non-message reason (engines.REACTION ...) otherwise
 
     @property
     def hidden(self) -> bool:
         return self.blob is None
 
-    def raw(self) -> dict | None:
-        return None if self.blob is None else orjson.loads(self.blob)
+    def raw(self, gte: bool = False) -> dict | None:
+        blob = (self.alt or self.blob) if gte else self.blob
+        return None if blob is None else orjson.loads(blob)
 
 
 @dataclass
@@ -110,6 +133,8 @@ class SimChat:
     wire_id: str | dict  # what /chats returns
     name: str | None
     entries: list[StoredMessage] = field(default_factory=list)  # sorted by (ts, sort_id, seq)
+    list_quirk: str | None = None  # chat list: "missing" or "stale" conversationTimestamp (NOWEB, WEBJS)
+    alt_phone: str | None = None  # LID_ALT: the phone its messages carry
     ts: list[int] = field(default_factory=list)  # entries' ts, for bisect
     _by_dir: dict[bool, tuple[list[int], list[StoredMessage]]] | None = None
 
@@ -119,6 +144,13 @@ class SimChat:
             if e.blob is not None:
                 return e.ts
         return None
+
+    def listed_timestamp(self) -> int | None:
+        """The chat list's activity time: the true one, or its quirk (missing; stale = a week before)."""
+        ts = self.conversation_timestamp
+        if ts is None or self.list_quirk == "missing":
+            return None
+        return ts - 7 * 86400 if self.list_quirk == "stale" else ts
 
     def finalize(self) -> None:
         self.entries.sort(key=lambda e: (e.ts, e.sort_id, e.seq))
@@ -143,8 +175,13 @@ class SimChat:
         return items, lo, max(lo, hi)
 
     def raw_messages(self) -> list[dict]:
-        """Every served message (hidden reactions excluded), ascending, exactly as the API returns it."""
+        """Every served row (hidden ones excluded), ascending, exactly as the API returns it without gte."""
         return [orjson.loads(e.blob) for e in self.entries if e.blob is not None]
+
+
+def chat_listed(chat: SimChat, spec: DatasetSpec) -> bool:
+    """Whether /chats lists the chat: NOWEB 2024.10 (SQL store) lists only chats with a conversationTimestamp."""
+    return not (spec.engine == "noweb" and spec.legacy and chat.listed_timestamp() is None)
 
 
 @dataclass
@@ -177,18 +214,20 @@ class SimSession:
 
     def counts(self) -> dict[str, int]:
         kinds = {k: 0 for k in ALL_KINDS}
-        served = hidden = malformed = 0
+        served = hidden = malformed = rows = 0
         for chat in self.chats:
             kinds[chat.kind] = kinds.get(chat.kind, 0) + 1
             for e in chat.entries:
                 if e.blob is None:
                     hidden += 1
+                elif e.row is not None:
+                    rows += 1
                 else:
                     served += 1
                     malformed += e.defect is not None
         return {"chats": len(self.chats), **{f"chats_{k}": v for k, v in kinds.items()},
-                "served_messages": served, "hidden_reactions": hidden, "malformed": malformed,
-                "lid_mappings": len(self.lids)}
+                "served_messages": served, "hidden_reactions": hidden, "served_non_messages": rows,
+                "malformed": malformed, "lid_mappings": len(self.lids)}
 
 
 @dataclass
@@ -413,6 +452,8 @@ class _SessionBuilder:
         self.me_phone = _phone(self.rng, self.phones)
         self.me_lid = _lid(self.rng, self.lid_pool)
         self.me_push = f"Loja {self.rng.choice(_LAST)}"
+        # Engine quirks draw from their own stream: the main stream (and so the shared facts) stays the same.
+        self.erng = random.Random(f"waha-sim:{spec.seed}:{sess.name}:engine:{spec.engine}")
 
     def new_hex(self) -> str:
         while True:
@@ -500,6 +541,7 @@ class _SessionBuilder:
             persons.append(person or {})
         for _ in range(max(1, n_chats // 20)):  # mappings for phones that have no chat at all
             lids[_lid(rng, self.lid_pool)] = _phone(rng, self.phones)
+        self._pick_lid_alt(chats, lids)
 
         # message volume and conversation structure
         empty = set(rng.sample(direct_idx, n_empty)) if n_empty else set()
@@ -516,6 +558,9 @@ class _SessionBuilder:
         self._add_reactions(chats)
         self._add_malformed(chats, n_malformed)
         self._add_duplicates(chats, n_dups)
+        self._add_engine_rows(chats)
+        self._add_hidden_bursts(chats)
+        self._pick_list_quirks(chats)
         for chat in chats:
             chat.finalize()
         return SimSession(name=self.sess.name, status=self.sess.status, tenant_id=self.sess.tenant_id,
@@ -573,54 +618,141 @@ class _SessionBuilder:
             speaker = rng.choice(person["members"])
             participant = me_jid if from_me else speaker["jid"]
         h = self.new_hex()
+        extras, message = _gows_message(ctype, body, rng)
+        ack = rng.randint(1, 4) if from_me else 3
+        if chat.kind == LID_ALT:  # only the contact writes: every message carries the phone (SenderAlt)
+            from_me, ack = False, 3
         ext_id = f"{'true' if from_me else 'false'}_{chat.id}_{h}" + (f"_{participant}" if participant else "")
         push = self.me_push if from_me else self._push_at(speaker, ts)
-        itype, mtype = _INFO_TYPE[ctype]
-        extras, message = _gows_message(ctype, body, rng)
-        chat_jid = chat.id.replace("@c.us", "@s.whatsapp.net")
-        sender = me_jid if from_me else (participant or chat.id)
-        raw: dict = {
-            "id": ext_id,
-            "timestamp": ts,
-            "from": me_jid if from_me else chat.id,
-            "fromMe": from_me,
-            "source": "app",
-            "to": chat.id if from_me else me_jid,
-            "participant": participant,
-            "body": body,
-            "hasMedia": False,
-            "media": None,
-            "ack": rng.randint(1, 4) if from_me else 3,
-            "ackName": None,
-            "location": None,
-            "vCards": [],
-            "replyTo": None,
-            "_data": {
-                "Info": {"Chat": chat_jid, "Sender": sender.replace("@c.us", "@s.whatsapp.net"),
-                         "IsFromMe": from_me, "IsGroup": chat.kind == GROUP, "ID": h, "Type": itype,
-                         "MediaType": mtype, "PushName": push,
-                         "Timestamp": datetime.fromtimestamp(ts, _BRT).isoformat()},
-                "Message": message,
-            },
-        }
-        raw.update(extras)
-        raw["ackName"] = {1: "SERVER", 2: "DEVICE", 3: "READ", 4: "PLAYED"}[raw["ack"]]
-        if defect == "missing_id":
-            del raw["id"]
-            ext_id_out: str | None = None
-        else:
-            ext_id_out = ext_id
-        if defect == "missing_timestamp":
-            del raw["timestamp"]
-        elif defect == "string_timestamp":
-            raw["timestamp"] = "ontem às 14:05"
-        elif defect == "fromme_not_bool":
-            raw["fromMe"] = "true" if from_me else "false"
+        quirk = self._quirk(ctype) if defect is None else None
+        if quirk == eng.ZERO_TIME:
+            defect = NO_TIMESTAMP
+        elif quirk in (eng.REVOKED, eng.CIPHERTEXT):
+            ctype, body = "other", None
+        facts = {"chat_id": chat.id, "is_group": chat.kind == GROUP, "hex": h, "ts": ts, "from_me": from_me,
+                 "ctype": ctype, "body": body, "participant": participant, "push": push, "ack": ack,
+                 "message": message, "extras": extras, "me_jid": me_jid, "ext_id": ext_id,
+                 "info_type": _INFO_TYPE[ctype], "alt_phone": chat.alt_phone, "quirk": quirk, "defect": defect}
+        blob, alt = eng.encode(self.spec.engine, facts, legacy=self.spec.legacy)
+        ext_id_out = None if defect == "missing_id" else ext_id
         self.seq += 1
         chat.entries.append(StoredMessage(
-            ts=ts, sort_id=ext_id_out or "", seq=self.seq, from_me=from_me, blob=_exact(orjson.dumps(raw)),
+            ts=ts, sort_id=ext_id_out or "", seq=self.seq, from_me=from_me, blob=_exact(blob),
             external_id=ext_id_out, body=body, content_type=ctype, push_name=None if from_me else push,
-            participant=participant, defect=defect))
+            participant=participant, defect=defect, alt=None if alt is None else _exact(alt)))
+
+    def _quirk(self, ctype: str) -> str | None:
+        """The wire quirk of one good message, from the engine's own random stream (the facts stay the same)."""
+        r = self.erng.random()
+        engine = self.spec.engine
+        if engine == "gows":  # a zero Go time serializes as null; Info.Timestamp keeps it, or is zero too
+            return eng.ZERO_TIME if r < 0.001 else (eng.NULL_TS if r < 0.021 else None)
+        if engine == "noweb":  # history rows stored with protobuf Long times
+            return eng.LONG_TS if r < 0.05 else None
+        if ctype == "image" and r < 0.3:
+            return eng.NO_DIRECT_PATH
+        if ctype == "text":
+            return eng.REVOKED if r < 0.01 else (eng.CIPHERTEXT if r < 0.015 else None)
+        return None
+
+    def new_engine_hex(self) -> str:
+        while True:
+            h = _hex_id(self.erng)
+            if h not in self.ids:
+                self.ids.add(h)
+                return h
+
+    def _pick_lid_alt(self, chats: list[SimChat], lids: dict[str, str]) -> None:
+        """Turn a third of the unknown @lid chats into LID_ALT: /lids does not know them, their messages carry the
+        phone. Every other one shares the phone of a @c.us chat with no known lid (the contact is merged)."""
+        erng = self.erng
+        unknown = [c for c in chats if c.kind == LID_UNKNOWN]
+        known_pn = set(lids.values())
+        partners = [c for c in chats if c.kind in DIRECT_KINDS and c.id.split("@")[0] not in known_pn]
+        erng.shuffle(partners)
+        for k, chat in enumerate(erng.sample(unknown, max(1, len(unknown) // 3)) if unknown else []):
+            chat.kind = LID_ALT
+            if k % 2 == 1 and partners:
+                chat.alt_phone = partners.pop().id.split("@")[0]
+            else:
+                chat.alt_phone = _phone(erng, self.phones)
+
+    def _add_engine_rows(self, chats: list[SimChat]) -> None:
+        """Non-message rows of the engine: NOWEB protocol rows (revoke/edit; served only by NOWEB <= 2024, else
+        dropped after slicing), WEBJS system notices (served)."""
+        engine, erng, me_jid = self.spec.engine, self.erng, f"{self.me_phone}@c.us"
+        if engine == "gows":
+            return
+        for chat in chats:
+            good = [e for e in chat.entries if e.blob is not None and e.row is None and e.defect is None]
+            if not good:
+                continue
+            good.sort(key=lambda e: e.ts)
+            if engine == "noweb":
+                for e in good:
+                    if erng.random() >= 0.02:
+                        continue
+                    h = self.new_engine_hex()
+                    edit = erng.random() < 0.5
+                    ts = min(self.anchor, e.ts + erng.randint(1, 120))
+                    blob, _ = eng.noweb_protocol_row(chat.id, h, ts, e.from_me, e.external_id.split("_")[2]
+                                                     if e.external_id else h, edit, erng.random() < 0.05)
+                    self._row(chat, ts, f"{'true' if e.from_me else 'false'}_{chat.id}_{h}", e.from_me,
+                              blob if self.spec.legacy else None, None, eng.PROTOCOL)
+                continue
+            notices: list[tuple[int, str]] = []
+            if erng.random() < 0.3:
+                notices.append((good[0].ts - 1, "e2e_notification"))
+            if chat.kind == GROUP:
+                notices.append((good[0].ts - 2, "gp2"))
+            if erng.random() < 0.08:
+                notices.append((good[erng.randrange(len(good))].ts, "notification_template"))
+            if erng.random() < 0.1:
+                notices.append((good[erng.randrange(len(good))].ts + 1, "call_log"))
+            for ts, notice in notices:
+                h = self.new_engine_hex()
+                ts = min(self.anchor, ts)
+                blob, alt = eng.webjs_notice_row(chat.id, h, ts, me_jid, notice)
+                self._row(chat, ts, f"false_{chat.id}_{h}", False, blob, alt, eng.SYSTEM)
+
+    def _row(self, chat: SimChat, ts: int, ext_id: str, from_me: bool, blob: bytes | None, alt: bytes | None,
+             reason: str) -> None:
+        self.seq += 1
+        chat.entries.append(StoredMessage(
+            ts=ts, sort_id=ext_id, seq=self.seq, from_me=from_me, blob=None if blob is None else _exact(blob),
+            external_id=ext_id, body=None, content_type="other", push_name=None, participant=None, defect=None,
+            alt=None if alt is None else _exact(alt), row=reason))
+
+    def _add_hidden_bursts(self, chats: list[SimChat]) -> None:
+        """A reaction burst just before the newest message of a few busy 1:1 chats: more than two pages of rows
+        the engine drops after slicing, so a page comes back empty while later offsets still hold messages."""
+        n, size = self.spec.hidden_bursts, self.spec.hidden_burst_rows
+        if n <= 0 or size <= 0:
+            return
+        hosts = []
+        for chat in chats:
+            if chat.kind not in (DIRECT, LID_MAPPED):
+                continue
+            good = sorted((e for e in chat.entries if e.blob is not None and e.row is None and e.defect is None),
+                          key=lambda e: e.ts)
+            if len(good) >= 3:
+                hosts.append((good[-1].ts, chat.id, chat, good))
+        hosts.sort(key=lambda h: (-h[0], h[1]))
+        for _, _, chat, good in hosts[:n]:
+            last, prev = good[-1], good[-2]
+            ts = last.ts - 1 if last.ts - 1 >= prev.ts else last.ts
+            for _ in range(size):
+                h = self.new_engine_hex()
+                mine = self.erng.random() < 0.5
+                self._row(chat, ts, f"{'true' if mine else 'false'}_{chat.id}_{h}", mine, None, None, eng.REACTION)
+
+    def _pick_list_quirks(self, chats: list[SimChat]) -> None:
+        """NOWEB and WEBJS chat lists: some chats with no activity time, some with a stale one."""
+        if self.spec.engine == "gows":
+            return
+        for chat in chats:
+            r = self.erng.random()
+            chat.list_quirk = "missing" if r < 0.03 else ("stale" if r < 0.08 else None)
 
     def _add_reactions(self, chats: list[SimChat]) -> None:
         """Hidden items the server drops after slicing a page (GOWS skips reactions): pages come back short."""
@@ -639,7 +771,7 @@ class _SessionBuilder:
                 chat.entries.append(StoredMessage(
                     ts=min(self.anchor, e.ts + self.rng.randint(0, 5)), sort_id=rid, seq=self.seq, from_me=not e.from_me,
                     blob=None, external_id=rid, body=None, content_type="reaction", push_name=None,
-                    participant=None, defect=None))
+                    participant=None, defect=None, row=eng.REACTION))
 
     def _good_one_to_one(self, chats: list[SimChat]) -> list[SimChat]:
         return [c for c in chats if c.kind in ONE_TO_ONE_KINDS
@@ -672,7 +804,7 @@ class _SessionBuilder:
             chat.entries.append(StoredMessage(
                 ts=e.ts, sort_id=e.sort_id, seq=self.seq, from_me=e.from_me, blob=e.blob, external_id=e.external_id,
                 body=e.body, content_type=e.content_type, push_name=e.push_name, participant=e.participant,
-                defect=None))
+                defect=None, alt=e.alt, row=e.row))
 
 
 def build_dataset(spec: DatasetSpec, anchor: int | None = None) -> Dataset:

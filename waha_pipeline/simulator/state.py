@@ -12,7 +12,9 @@ from typing import Any
 
 import orjson
 
-from waha_pipeline.simulator.dataset import CONTENT_TYPES, INJECTED, Dataset, SimChat, SimSession, StoredMessage
+from waha_pipeline.simulator.dataset import (
+    CONTENT_TYPES, INJECTED, Dataset, DatasetSpec, SimChat, SimSession, StoredMessage, chat_listed,
+)
 from waha_pipeline.simulator.faults import FAULT_COUNTERS, Decider, Faults
 
 SESSION_STATUSES = ("STOPPED", "STARTING", "SCAN_QR_CODE", "PASSKEY_REQUIRED", "PASSKEY_CONFIRMATION_REQUIRED",
@@ -87,23 +89,49 @@ class Stats:
 
 
 class ChatIndex:
-    """A session's chat list pre-sorted and pre-encoded once per sortBy, so /chats is a slice and a join."""
+    """A session's chat list pre-sorted and pre-encoded once per sortBy, so /chats is a slice and a join.
 
-    def __init__(self, chats: list[SimChat]) -> None:
-        encoded = {id(c): orjson.dumps({"id": c.wire_id, "name": c.name,
-                                        "conversationTimestamp": c.conversation_timestamp}) for c in chats}
+    Per engine (waha_api.md 3.2): GOWS `{id, name, conversationTimestamp}`, default order id ascending; NOWEB
+    stored Baileys chats with JID ids (`@s.whatsapp.net`), default order conversationTimestamp descending, and
+    2024.10 lists only chats that have one (`chat_listed`); WEBJS whatsapp-web.js chats with id objects and
+    `timestamp`, in WhatsApp Web's activity order unless sorted (`conversationTimestamp` maps to `timestamp`).
+    """
+
+    def __init__(self, chats: list[SimChat], spec: DatasetSpec | None = None) -> None:
+        spec = spec or DatasetSpec()
+        engine = spec.engine
+        chats = [c for c in chats if chat_listed(c, spec)]
+        self.default_sort = ("id", "asc") if engine == "gows" else ("conversationTimestamp", "desc")
+
+        def wire(c: SimChat) -> dict:
+            if engine == "gows":
+                return {"id": c.wire_id, "name": c.name, "conversationTimestamp": c.conversation_timestamp}
+            if engine == "noweb":
+                jid = c.id.replace("@c.us", "@s.whatsapp.net")
+                return {"id": jid, "name": c.name, "conversationTimestamp": c.listed_timestamp()}
+            server = c.id.split("@", 1)[1] if "@" in c.id else ""
+            return {"id": {"server": server, "user": c.id.split("@", 1)[0], "_serialized": c.id},
+                    "name": c.name, "isGroup": server == "g.us", "isReadOnly": c.kind in ("newsletter", "broadcast"),
+                    "unreadCount": 0, "timestamp": c.listed_timestamp(), "archived": False, "pinned": False,
+                    "isMuted": False}
+
+        encoded = {id(c): orjson.dumps(wire(c)) for c in chats}
 
         def blob(c: SimChat) -> bytes:
             return encoded[id(c)]
 
         def serial(c: SimChat) -> str:
+            if engine == "noweb":
+                return c.id.replace("@c.us", "@s.whatsapp.net")
+            if engine == "webjs":
+                return c.id
             return c.wire_id["_serialized"] if isinstance(c.wire_id, dict) else c.wire_id
 
+        stamp = (lambda c: c.conversation_timestamp) if engine == "gows" else (lambda c: c.listed_timestamp())
         by_id = sorted(chats, key=serial)
         self.asc: dict[str, list[bytes]] = {"id": [blob(c) for c in by_id]}
         self.desc: dict[str, list[bytes]] = {"id": self.asc["id"][::-1]}
-        values = {"name": lambda c: None if c.name is None else c.name.casefold(),
-                  "conversationTimestamp": lambda c: c.conversation_timestamp}
+        values = {"name": lambda c: None if c.name is None else c.name.casefold(), "conversationTimestamp": stamp}
         for by, value in values.items():
             # nulls last in both orders; ties broken by id, so offset paging is consistent
             known = sorted((c for c in by_id if value(c) is not None), key=value)  # stable: id order kept
@@ -123,7 +151,7 @@ class SimulatorState:
     stats: Stats = field(default_factory=Stats)
     statuses: dict[str, str] = field(default_factory=dict)
     chat_index: dict[str, ChatIndex] = field(default_factory=dict)
-    engine: str = "GOWS"
+    engine: str = "GOWS"  # set from the dataset's engine profile
     version: str = "2026.7.1"
     deleted: set[str] = field(default_factory=set)  # sessions gone from WAHA (404 everywhere) until restored
     # session -> pending (due request number, action, argument); see tick()
@@ -136,7 +164,8 @@ class SimulatorState:
         self._lock = threading.RLock()
         for name, sess in self.dataset.sessions.items():
             self.statuses.setdefault(name, sess.status)
-            self.chat_index[name] = ChatIndex(sess.chats)
+            self.chat_index[name] = ChatIndex(sess.chats, self.dataset.spec)
+        self.engine = self.dataset.spec.engine.upper()
         self.decider = Decider(self._fault_seed(self.faults))
 
     def session(self, name: str) -> SimSession | None:
@@ -156,7 +185,7 @@ class SimulatorState:
             chat = SimChat(id=serial, kind=INJECTED, wire_id=raw_id, name=name)
             sess.chats.append(chat)
             sess.chats_by_id[serial] = chat
-            self.chat_index[session] = ChatIndex(sess.chats)
+            self.chat_index[session] = ChatIndex(sess.chats, self.dataset.spec)
         return chat
 
     def add_message(self, session: str, chat_id: str, raw: dict, *, content_type: str = "text",
@@ -209,7 +238,7 @@ class SimulatorState:
                     raw.get("participant"), str) else None, defect=defect)
             chat.entries.append(entry)
             chat.finalize()
-            self.chat_index[session] = ChatIndex(sess.chats)  # conversationTimestamp may have moved
+            self.chat_index[session] = ChatIndex(sess.chats, self.dataset.spec)  # conversationTimestamp may have moved
         return entry
 
     def serve_raw(self, session: str, chat_id: str, raw: Any, *, order_ts: int) -> StoredMessage:
@@ -232,7 +261,7 @@ class SimulatorState:
                 content_type="other", push_name=None, participant=None, defect=None)
             chat.entries.append(entry)
             chat.finalize()
-            self.chat_index[session] = ChatIndex(sess.chats)
+            self.chat_index[session] = ChatIndex(sess.chats, self.dataset.spec)
         return entry
 
     def _session_or_key_error(self, name: str) -> SimSession:

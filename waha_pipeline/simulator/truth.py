@@ -4,6 +4,12 @@ Why separate from the importer: tests compare the importer's database against th
 generation facts kept on each StoredMessage (true direction, content type, push name, defect) and the
 session's lid map, never the importer's parsing, so a parsing or session-splitting mistake shows up as a diff.
 
+Engine facts (SPEC 6.5, 6.8): only real messages count (rows that are not messages are skipped and counted per
+reason in `skipped_messages`); `sent_at` is the true time even where the wire hides it (WEBJS `_data.t`, NOWEB
+Long objects, GOWS `Info.Timestamp`); a message whose time is in no field at all is a reject; a @lid chat whose
+messages carry the phone (GOWS `Info.SenderAlt`, NOWEB `_data.key.remoteJidAlt`) is that phone's contact; a chat
+the engine's chat list does not show (NOWEB 2024.10 without a conversationTimestamp) cannot be imported.
+
 Reading of SPEC 6.3 where it is silent: a contact's name candidates come from all of its imported chats
 (with or without messages in the window); a @c.us chat's usable name wins over a @lid chat's, then the push name of
 the contact's latest inbound message in the window (ties broken by external id), else None.
@@ -13,7 +19,9 @@ from __future__ import annotations
 
 import re
 
-from waha_pipeline.simulator.dataset import DIRECT_KINDS, GROUP, LID_KINDS, Dataset, SimChat, StoredMessage
+from waha_pipeline.simulator.dataset import (
+    DIRECT_KINDS, GROUP, LID_ALT, LID_KINDS, Dataset, SimChat, StoredMessage, chat_listed,
+)
 
 _NUMBER_CHARS = re.compile(r"[+\-() ]")
 
@@ -26,12 +34,14 @@ def is_just_the_number(name: str | None) -> bool:
     return stripped == "" or stripped.isdigit()
 
 
-def _contact_key(chat: SimChat, lids: dict[str, str], pn_to_lid: dict[str, str]) -> tuple[tuple, dict]:
+def _contact_key(chat: SimChat, lids: dict[str, str], pn_to_lid: dict[str, str], engine: str) -> tuple[tuple, dict]:
     digits = chat.id.split("@", 1)[0]
     if chat.kind in DIRECT_KINDS:
         return ("phone", digits), {"phone": digits, "lid": pn_to_lid.get(digits), "group_id": None}
     if chat.kind in LID_KINDS:
         phone = lids.get(digits)
+        if chat.kind == LID_ALT and engine in ("gows", "noweb"):  # every message of it carries the phone
+            phone = chat.alt_phone
         if phone is not None:
             return ("phone", phone), {"phone": phone, "lid": digits, "group_id": None}
         return ("lid", digits), {"phone": None, "lid": digits, "group_id": None}
@@ -63,18 +73,26 @@ def ground_truth(
     per_contact: dict[tuple, list[StoredMessage]] = {}
     names: dict[tuple, list[tuple[int, str, str]]] = {}  # key -> [(priority, chat id, name)]
     skipped: dict[str, int] = {}
+    skipped_rows: dict[str, int] = {}
+    spec = dataset.spec
 
     for chat in sess.chats:
         if chat.kind not in kinds:
             skipped[chat.kind] = skipped.get(chat.kind, 0) + 1
             continue
-        key, ident = _contact_key(chat, sess.lids, sess.pn_to_lid)
+        if not chat_listed(chat, spec):
+            skipped["unlisted"] = skipped.get("unlisted", 0) + 1
+            continue
+        key, ident = _contact_key(chat, sess.lids, sess.pn_to_lid, spec.engine)
         seen: set[str] = set()
         imported = 0
         for e in chat.entries:
-            if e.blob is None:  # hidden reaction: never served
+            if e.blob is None:  # dropped by the engine after slicing: never served
                 continue
             if (window_start is not None and e.ts < window_start) or e.ts > window_end:
+                continue
+            if e.row is not None:  # served, but not a message
+                skipped_rows[e.row] = skipped_rows.get(e.row, 0) + 1
                 continue
             if e.defect is not None:
                 rejects.append({"chat_id": chat.id, "external_id": e.external_id, "defect": e.defect})
@@ -90,7 +108,9 @@ def ground_truth(
             })
             per_contact.setdefault(key, []).append(e)
         if imported:
-            contacts.setdefault(key, ident)
+            known = contacts.setdefault(key, dict(ident))
+            if known["lid"] is None and ident["lid"] is not None:  # the phone's contact also carries the lid
+                known["lid"] = ident["lid"]
         # Every imported chat of the contact names it, with or without messages in the window: the name then
         # does not depend on the window, so a narrow import followed by a wide one converges either way round.
         if not is_just_the_number(chat.name):
@@ -138,6 +158,7 @@ def ground_truth(
         "timeout_minutes": timeout_minutes,
         "include_groups": include_groups,
         "skipped_chats": skipped,
+        "skipped_messages": skipped_rows,
         "messages": messages,
         "rejects": rejects,
         "contacts": out_contacts,

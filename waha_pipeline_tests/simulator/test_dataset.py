@@ -8,6 +8,7 @@ import pytest
 
 from waha_pipeline.simulator import Dataset, DatasetSpec, SessionSpec, build_dataset, ground_truth
 from waha_pipeline.simulator.dataset import (
+    NO_TIMESTAMP,
     ALL_KINDS,
     CONTENT_TYPES,
     DEFECTS,
@@ -20,6 +21,7 @@ from waha_pipeline.simulator.dataset import (
 )
 
 from .conftest import ANCHOR
+from .wire import wire_time
 
 DAY = 86400
 
@@ -71,8 +73,8 @@ def test_sessions_per_contact_near_two_and_a_half(default_dataset: Dataset) -> N
 def test_traps_are_present(default_dataset: Dataset) -> None:
     session = default_dataset.sessions["demo"]
     served = _served(session)
-    assert {e.defect for e in served if e.defect} == set(DEFECTS)
-    malformed_chats = {c.id for c in session.chats for e in c.entries if e.defect}
+    assert {e.defect for e in served if e.defect} == {*DEFECTS, NO_TIMESTAMP}  # GOWS zero time: no time anywhere
+    malformed_chats = {c.id for c in session.chats for e in c.entries if e.defect in DEFECTS}
     for chat in session.chats:
         if chat.id in malformed_chats:
             assert chat.kind in ONE_TO_ONE_KINDS
@@ -121,12 +123,12 @@ def test_wire_messages_carry_type_only_in_data(default_dataset: Dataset) -> None
     seen: set[str] = set()
     for chat in session.chats:
         for e in chat.entries:
-            if e.hidden or e.defect:
+            if e.hidden or e.defect or e.row:
                 continue
             raw = e.raw()
             assert raw is not None and "type" not in raw and "mimetype" not in raw
             info = raw["_data"]["Info"]
-            assert raw["id"] == e.external_id and raw["timestamp"] == e.ts and raw["fromMe"] is e.from_me
+            assert raw["id"] == e.external_id and wire_time(raw) == e.ts and raw["fromMe"] is e.from_me
             if e.content_type in media:
                 assert raw["hasMedia"] is True and info["Type"] == "media" and info["MediaType"] == media[e.content_type]
             else:

