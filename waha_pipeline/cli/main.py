@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chats", type=_int_in("--chats", 1), default=1176)
     p.add_argument("--messages", type=_int_in("--messages", 1), default=5700)
     p.add_argument("--session", action="append", default=None, help="WAHA session name (repeatable)")
+    p.add_argument("--engine", choices=("gows", "noweb", "webjs"), default="gows",
+                   help="engine profile whose message objects, paging and chat list are served")
     p.add_argument("--api-key", default=None, help="require this X-Api-Key (default: WAHA_API_KEY if set)")
     add_fault_arguments(p)
 
@@ -128,7 +130,8 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     from waha_pipeline.simulator.server import serve_forever
 
     sessions = tuple(SessionSpec(name=name) for name in args.session or ["demo"])
-    spec = DatasetSpec(seed=args.seed, chats=args.chats, target_messages=args.messages, sessions=sessions)
+    spec = DatasetSpec(seed=args.seed, chats=args.chats, target_messages=args.messages, sessions=sessions,
+                       engine=args.engine)
     try:
         faults = faults_from_args(args)
     except ValueError as exc:
