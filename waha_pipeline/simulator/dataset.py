@@ -454,6 +454,7 @@ class _SessionBuilder:
         self.me_push = f"Loja {self.rng.choice(_LAST)}"
         # Engine quirks draw from their own stream: the main stream (and so the shared facts) stays the same.
         self.erng = random.Random(f"waha-sim:{spec.seed}:{sess.name}:engine:{spec.engine}")
+        self.quirk_seq = 0
 
     def new_hex(self) -> str:
         while True:
@@ -645,8 +646,9 @@ class _SessionBuilder:
         """The wire quirk of one good message, from the engine's own random stream (the facts stay the same)."""
         r = self.erng.random()
         engine = self.spec.engine
+        self.quirk_seq += 1
         if engine == "gows":  # a zero Go time serializes as null; Info.Timestamp keeps it, or is zero too
-            return eng.ZERO_TIME if r < 0.001 else (eng.NULL_TS if r < 0.021 else None)
+            return eng.ZERO_TIME if self.quirk_seq % 700 == 350 else (eng.NULL_TS if r < 0.02 else None)
         if engine == "noweb":  # history rows stored with protobuf Long times
             return eng.LONG_TS if r < 0.05 else None
         if ctype == "image" and r < 0.3:
@@ -664,7 +666,7 @@ class _SessionBuilder:
 
     def _pick_lid_alt(self, chats: list[SimChat], lids: dict[str, str]) -> None:
         """Turn a third of the unknown @lid chats into LID_ALT: /lids does not know them, their messages carry the
-        phone. Every other one shares the phone of a @c.us chat with no known lid (the contact is merged)."""
+        phone. Every other one, the first included, shares the phone of a @c.us chat with no known lid (merged)."""
         erng = self.erng
         unknown = [c for c in chats if c.kind == LID_UNKNOWN]
         known_pn = set(lids.values())
@@ -672,7 +674,7 @@ class _SessionBuilder:
         erng.shuffle(partners)
         for k, chat in enumerate(erng.sample(unknown, max(1, len(unknown) // 3)) if unknown else []):
             chat.kind = LID_ALT
-            if k % 2 == 1 and partners:
+            if k % 2 == 0 and partners:
                 chat.alt_phone = partners.pop().id.split("@")[0]
             else:
                 chat.alt_phone = _phone(erng, self.phones)
@@ -735,15 +737,14 @@ class _SessionBuilder:
                 continue
             good = sorted((e for e in chat.entries if e.blob is not None and e.row is None and e.defect is None),
                           key=lambda e: e.ts)
-            if len(good) >= 3:
+            if len(good) >= 3 and good[-1].ts - good[-2].ts >= 2:  # room for a second of its own
                 hosts.append((good[-1].ts, chat.id, chat, good))
         hosts.sort(key=lambda h: (-h[0], h[1]))
         for _, _, chat, good in hosts[:n]:
-            last, prev = good[-1], good[-2]
-            ts = last.ts - 1 if last.ts - 1 >= prev.ts else last.ts
+            ts = good[-1].ts - 1  # after every other message but the newest: one contiguous run
+            mine = self.erng.random() < 0.5
             for _ in range(size):
                 h = self.new_engine_hex()
-                mine = self.erng.random() < 0.5
                 self._row(chat, ts, f"{'true' if mine else 'false'}_{chat.id}_{h}", mine, None, None, eng.REACTION)
 
     def _pick_list_quirks(self, chats: list[SimChat]) -> None:

@@ -262,7 +262,7 @@ def serve_forever(
         c = sess.counts()
         announce(f"session {name!r} ({state.statuses[name]}): {c['chats']} chats, {c['served_messages']} messages, "
                  f"{c['lid_mappings']} lid mappings")
-    announce(f"WAHA simulator listening on http://{host}:{real_port} (anchor {state.dataset.anchor}"
+    announce(f"WAHA simulator ({state.engine}) listening on http://{host}:{real_port} (anchor {state.dataset.anchor}"
              f"{', X-Api-Key required' if state.api_key else ''}); Ctrl+C to stop")
     active = {k: v for k, v in state.faults.to_dict().items() if v != getattr(Faults(), k)}
     if active:
