@@ -129,6 +129,34 @@ def load(conn: sa.Connection, table: sa.Table, frame: pd.DataFrame) -> int:
     return len(frame)
 
 
+# -- text PostgreSQL cannot store -------------------------------------------------------------------------------
+
+# PostgreSQL text cannot hold NUL: "invalid byte sequence for encoding UTF8: 0x00" fails the whole COPY. WAHA passes
+# it through from WhatsApp clients. Lone surrogates (which no UTF-8 encodes) cannot reach here: orjson refuses them
+# in a page, and the frames' Arrow strings cannot hold them.
+NUL = "\x00"
+
+
+def has_nul(values: pd.Series) -> bool:
+    """Whether any value of the column holds a NUL; one C-speed pass, no per-row work in the common case."""
+    return bool(len(values)) and NUL in "\x1f".join(values.dropna().tolist())
+
+
+def with_nul(values: pd.Series) -> pd.Series:
+    """Per row: True where the text holds a NUL (False for missing values)."""
+    if not has_nul(values):
+        return pd.Series(False, index=values.index)
+    return values.str.contains(NUL, regex=False).fillna(False).astype(bool)
+
+
+def without_nul(values: pd.Series) -> pd.Series:
+    """The texts with their NULs dropped, for names, where the rest is still the right value; the column itself
+    when it holds none."""
+    if not has_nul(values):
+        return values
+    return values.str.replace(NUL, "", regex=False)
+
+
 def _copy_csv(conn: sa.Connection, table: str, names: Sequence[str], frame: pd.DataFrame) -> None:
     """COPY the columns as CSV written by Arrow's C++ writer (formatting row by row in Python was ~5% of the chunk
     workers' CPU in bench `scale`).
@@ -136,16 +164,22 @@ def _copy_csv(conn: sa.Connection, table: str, names: Sequence[str], frame: pd.D
     Arrow quotes every string and writes NULL as an empty unquoted field, which is exactly how PostgreSQL's CSV
     format tells an empty string from NULL; quotes are doubled and newlines stay inside the quotes.
     """
-    columns = [
-        pa.Array.from_pandas(frame[name]) if name in frame.columns else pa.nulls(len(frame), pa.string())
-        for name in names
-    ]
+    columns = [_arrow(frame, name) for name in names]
     sink = io.BytesIO()
     pa_csv.write_csv(pa.table(columns, names=list(names)), sink, _CSV_OPTIONS)
     driver_connection = conn.connection.driver_connection  # psycopg 3, inside the same transaction
     with driver_connection.cursor() as cursor:  # type: ignore[union-attr]
         with cursor.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN WITH (FORMAT csv)") as copy:
             copy.write(sink.getbuffer())
+
+
+def _arrow(frame: pd.DataFrame, name: str) -> pa.Array:
+    """One column as one contiguous Arrow array. A column of a concatenated frame is a ChunkedArray, and Arrow's CSV
+    writer garbles a table of chunked columns (NUL bytes from unrelated memory, seen with pyarrow 26)."""
+    if name not in frame.columns:
+        return pa.nulls(len(frame), pa.string())
+    array = pa.Array.from_pandas(frame[name])
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
 
 
 _CSV_OPTIONS = pa_csv.WriteOptions(include_header=False, quoting_style="needed")
