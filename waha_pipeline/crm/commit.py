@@ -11,8 +11,12 @@ writes carry the statuses the rest of the channel already has; the channel's oth
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import orjson
 import pandas as pd
 import sqlalchemy as sa
 
@@ -22,9 +26,13 @@ from waha_pipeline.crm.schema import UUID_T, channels, contacts, import_plans, m
 from waha_pipeline.crm.schema import sessions, to_seconds, to_utc
 from waha_pipeline.crm.staging import stage_assign, stage_contacts, stage_merges, stage_messages, stage_rejects
 from waha_pipeline.crm.staging import stage_sessions
-from waha_pipeline.domain.batch import CONTACT_COLUMNS, MESSAGE_COLUMNS, ChunkBatch, ChunkContext
+from waha_pipeline.domain import ids
+from waha_pipeline.domain.batch import CONTACT_COLUMNS, MESSAGE_COLUMNS, REJECT_COLUMNS, ChunkBatch, ChunkContext
+from waha_pipeline.domain.batch import conform, empty_frame
 from waha_pipeline.domain.planning import chat_fingerprint
 from waha_pipeline.domain.sessions import assign_sessions
+from waha_pipeline.errors import PipelineError
+from waha_pipeline.settings import crm_timeouts
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +43,100 @@ class _Settings:
     timeout_minutes: int
 
 
-def commit_chunk(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
+class CrmBusy(PipelineError):
+    """A chunk's commit gave up on a lock (CRM_LOCK_TIMEOUT_SECONDS) or a statement (CRM_STATEMENT_TIMEOUT_SECONDS).
+
+    Transient: neither a ChunkError nor a DBAPIError, so the chunk runner reports it as retryable and the step's
+    RetryPolicy tries the chunk again (the lock is usually released by then; nothing of the chunk was written).
+    """
+
+
+LOCK_LOG_INTERVAL_S = 15.0  # how often a commit that waits for a lock says so in the log
+
+_LOCK_NOT_AVAILABLE = "55P03"
+_QUERY_CANCELED = "57014"
+
+
+def commit_chunk(conn: sa.Connection, batch: ChunkBatch, timeouts: tuple[float, float] | None = None) -> CommitResult:
+    """Commit the chunk inside the caller's transaction. On PostgreSQL, waiting for one lock and running one
+    statement are bounded by `timeouts` (lock, statement) seconds, by default CRM_LOCK_TIMEOUT_SECONDS and
+    CRM_STATEMENT_TIMEOUT_SECONDS; past either, CrmBusy names the chunk and the bound, and a wait for a lock is
+    logged every LOCK_LOG_INTERVAL_S meanwhile."""
+    if conn.dialect.name != "postgresql":  # SQLite: one writer at a time, its busy timeout bounds the wait
+        return _commit(conn, batch)
+    lock_s, statement_s = crm_timeouts() if timeouts is None else timeouts
+    key = batch.context.chunk_key
+    try:
+        conn.execute(sa.text("SELECT set_config('lock_timeout', :lock, true), "
+                             "set_config('statement_timeout', :statement, true)"),
+                     {"lock": _milliseconds(lock_s), "statement": _milliseconds(statement_s)})  # SET LOCAL
+        with _lock_watch(conn, key):
+            return _commit(conn, batch)
+    except sa.exc.OperationalError as exc:
+        code = getattr(exc.orig, "sqlstate", None)
+        if code == _LOCK_NOT_AVAILABLE:
+            raise CrmBusy(f"chunk {key}: waited {lock_s:g} s for a lock on the CRM tables held by another "
+                          "transaction (CRM_LOCK_TIMEOUT_SECONDS); nothing was written") from exc
+        if code == _QUERY_CANCELED and "statement timeout" in str(exc.orig):
+            raise CrmBusy(f"chunk {key}: a statement of the commit ran longer than {statement_s:g} s "
+                          "(CRM_STATEMENT_TIMEOUT_SECONDS); nothing was written") from exc
+        raise
+
+
+def _milliseconds(seconds: float) -> str:
+    return str(max(1, round(seconds * 1000)))
+
+
+@contextmanager
+def _lock_watch(conn: sa.Connection, chunk_key: str) -> Iterator[None]:
+    """While the block runs, look every LOCK_LOG_INTERVAL_S (from another connection) whether this connection's
+    backend waits for a lock, and log it when it does: a commit stuck behind another transaction is visible
+    before its lock timeout ends it."""
+    pid = conn.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
+    engine = conn.engine
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(LOCK_LOG_INTERVAL_S):
+            try:
+                with engine.connect() as other:
+                    row = other.execute(_WAITING, {"pid": pid}).first()
+            except sa.exc.SQLAlchemyError as exc:  # the watch only informs; the commit decides
+                log.debug("chunk %s: cannot see whether it waits for a lock: %s", chunk_key, exc)
+                continue
+            if row is not None and not done.is_set():
+                log.warning("chunk %s waiting for a lock on the CRM tables for %d s (%s)",
+                            chunk_key, row.waited, row.wait_event)
+
+    watcher = threading.Thread(target=watch, name=f"lock-watch-{chunk_key}", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+_WAITING = sa.text(
+    "SELECT wait_event, CAST(extract(epoch FROM clock_timestamp() - query_start) AS integer) AS waited "
+    "FROM pg_stat_activity WHERE pid = :pid AND wait_event_type = 'Lock'"
+)
+
+
+def _commit(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
     ctx = batch.context
     ledger.lock_channel(conn, ctx.channel_id)
     ledger.lock_chunk(conn, ctx.plan_id, ctx.chunk_key)
     settings = _effective_settings(conn, ctx.channel_id, ctx.plan_time, ctx.session_timeout_minutes)
     contact_frame, message_frame = _prepare(conn, ctx.tenant_id, batch)
-    reject_frame = batch.rejects.drop_duplicates("id") if len(batch.rejects) else batch.rejects
+    message_frame, nul_rejects = _without_nul(ctx, message_frame)
+    if len(nul_rejects):  # their contact exists only when another of its messages is stored
+        kept = set(message_frame["contact_id"].dropna())
+        gone = set(batch.messages["contact_id"].dropna()) - kept
+        contact_frame = contact_frame[~contact_frame["id"].isin(list(gone))]
+    contact_frame = contact_frame.assign(name=staging.without_nul(contact_frame["name"]))
+    reject_frame = pd.concat([batch.rejects, nul_rejects], ignore_index=True) if len(nul_rejects) else batch.rejects
+    reject_frame = reject_frame.drop_duplicates("id") if len(reject_frame) else reject_frame
 
     staging.create(conn)
     staging.load(conn, stage_contacts, contact_frame)
@@ -62,7 +157,9 @@ def commit_chunk(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
         other = _effective_settings(conn, channel_id, settings.plan_time, None)
         _recompute_sessions(conn, ctx.tenant_id, channel_id, sa.select(stage_merges.c.new_id), other)
     fingerprints = {c.chat_id: chat_fingerprint(c, settings.timeout_minutes) for c in batch.planned_chats}
-    coverage.extend(conn, ctx, fingerprints, set(message_frame["chat_id"].dropna()))
+    # What the fetch proved read, and chats whose coverage must stay (ChunkBatch fields; absent: whole window).
+    coverage.extend(conn, ctx, fingerprints, set(message_frame["chat_id"].dropna()),
+                    reads=getattr(batch, "reads", None), frozen=getattr(batch, "frozen_chats", ()))
 
     counts = {
         "chats": batch.chats,
@@ -81,6 +178,48 @@ def commit_chunk(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
         rejects=len(reject_frame),
         contacts_merged=merged,
     )
+
+
+# A NUL in these columns rejects the message (SPEC 6.8): they identify it or are its content, and a message without
+# its NULs would be another message. The push name is a name: its NULs are dropped instead.
+_NUL_REJECTS = ("external_id", "chat_id", "sender_id", "body")
+
+
+def _without_nul(ctx: ChunkContext, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The messages PostgreSQL can store, and the others as rejects whose reason names the column, the chat and
+    the message: one bad row no longer fails the chunk's COPY (and so the whole chunk, every time)."""
+    if frame.empty:
+        return frame, empty_frame(REJECT_COLUMNS)
+    if "push_name" in frame.columns:
+        frame = frame.assign(push_name=staging.without_nul(frame["push_name"]))
+    reason = pd.Series(pd.NA, index=frame.index, dtype="string")
+    for column in reversed(_NUL_REJECTS):  # the first column of the list wins
+        if column in frame.columns:
+            reason[staging.with_nul(frame[column])] = f"{column} contains a NUL character"
+    bad = reason.notna()
+    if not bad.any():
+        return frame, empty_frame(REJECT_COLUMNS)
+    rows = frame[bad]
+    chat, message = _escaped(rows["chat_id"]), _escaped(rows["external_id"])
+    rejects = pd.DataFrame({
+        "id": [ids.reject_id(ctx.channel_id, c, e) for c, e in zip(rows["chat_id"], rows["external_id"], strict=True)],
+        "chat_id": chat,
+        "external_id": message,
+        "reason": reason[bad] + " (chat " + chat + ", message " + message + ")",
+        "payload": [orjson.dumps({k: (None if pd.isna(v) else v) for k, v in row.items() if k not in _OWN_IDS},
+                                 default=str).decode()
+                    for row in rows.to_dict("records")],
+    })
+    log.warning("chunk %s: %d messages rejected for a NUL character", ctx.chunk_key, len(rejects))
+    return frame[~bad], conform(rejects, REJECT_COLUMNS)
+
+
+_OWN_IDS = ("id", "contact_id", "session_id")  # computed here, not received from WAHA
+
+
+def _escaped(values: pd.Series) -> pd.Series:
+    """NUL spelled as JSON does, so a reject can name the value it could not store."""
+    return values.astype("string").str.replace(staging.NUL, "\\u0000", regex=False)
 
 
 def _resessionize(
