@@ -5,10 +5,13 @@ No fixture sleeps for real: retries sleep through `FakeTime.sleep`, which only a
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import h11
 import httpx
 import orjson
 import pytest
@@ -112,3 +115,115 @@ def make_client(fake_time: FakeTime) -> Iterator[Callable[..., WahaClient]]:
         return WahaClient(BASE_URL, transport=httpx.MockTransport(handler), **options)
 
     yield build
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a WAHA store engine on loopback (real HTTP, same event loop: no thread, no sleep)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """A stored row of a chat; `hidden` rows (reactions, poll votes, protocol) are dropped after slicing."""
+
+    id: str
+    ts: int
+    hidden: bool = False
+
+
+class StoreServer:
+    """Serves WAHA's sessions, chats and messages endpoints the way the store engines page: `limit`/`offset` slice
+    the stored rows of the window first, unmappable rows are dropped afterwards (`result.filter(Boolean)`), so a
+    page can come back empty while later offsets still hold messages.
+
+    `status` None: the session does not exist. `missing_chats` answer 404 "Chat not found". `requests` records
+    (path, params) of every request.
+    """
+
+    def __init__(self, session: str = "default", status: str | None = "WORKING") -> None:
+        self.session = session
+        self.status = status
+        self.chats: dict[str, list[Row]] = {}
+        self.missing_chats: set[str] = set()
+        self.endless_chats = False  # /chats never ends: every page holds `limit` new chats
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.base_url = ""
+        self._server: asyncio.Server | None = None
+
+    def count(self, suffix: str) -> int:
+        return sum(1 for path, _ in self.requests if path.endswith(suffix))
+
+    async def __aenter__(self) -> StoreServer:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.base_url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = await reader.read(65536)
+                    if not data:
+                        return
+                    conn.receive_data(data)
+                    continue
+                if isinstance(event, h11.Request):
+                    target = httpx.URL(event.target.decode())
+                    status, body = self._answer(target.path, dict(target.params))
+                    payload = orjson.dumps(body)
+                    writer.write(conn.send(h11.Response(status_code=status, headers=[
+                        ("content-type", "application/json"), ("content-length", str(len(payload)))])))
+                    writer.write(conn.send(h11.Data(data=payload)) + conn.send(h11.EndOfMessage()))
+                    await writer.drain()
+                elif isinstance(event, h11.EndOfMessage):
+                    conn.start_next_cycle()
+                elif isinstance(event, h11.ConnectionClosed):
+                    return
+        except (ConnectionError, h11.ProtocolError):
+            return
+        finally:
+            writer.close()
+
+    def _answer(self, path: str, params: dict[str, str]) -> tuple[int, Any]:
+        self.requests.append((path, params))
+        parts = path.strip("/").split("/")
+        if parts[:2] == ["api", "sessions"] and len(parts) == 3:
+            if self.status is None:
+                return 404, {"message": "Session not found", "error": "Not Found", "statusCode": 404}
+            return 200, {"name": self.session, "status": self.status}
+        if self.status in (None, "STOPPED"):
+            return 404, {"message": f"We didn't find a session with name '{self.session}'.\nPlease start it first "
+                                    f"by using POST /api/sessions/{self.session}/start request",
+                         "error": "Not Found", "statusCode": 404}
+        if self.status != "WORKING":
+            return 422, {"error": "Session status is not as expected. Try again later or restart the session",
+                         "session": self.session, "status": self.status, "expected": ["WORKING"]}
+        limit, offset = int(params.get("limit", "10")), int(params.get("offset", "0"))
+        if parts[2:] == ["chats"]:
+            if self.endless_chats:
+                return 200, [{"id": f"{n}@c.us"} for n in range(offset, offset + limit)]
+            listed = [{"id": c, "conversationTimestamp": max((r.ts for r in rows), default=None)}
+                      for c, rows in sorted(self.chats.items())]
+            return 200, listed[offset: offset + limit]
+        chat = parts[3]
+        if chat in self.missing_chats:
+            return 404, {"message": f"Chat not found: {chat}", "error": "Not Found", "statusCode": 404}
+        gte = int(params["filter.timestamp.gte"]) if "filter.timestamp.gte" in params else None
+        lte = int(params["filter.timestamp.lte"]) if "filter.timestamp.lte" in params else None
+        rows = [r for r in self.chats.get(chat, []) if (gte is None or r.ts >= gte) and (lte is None or r.ts <= lte)]
+        rows.sort(key=lambda r: r.ts, reverse=params.get("sortOrder") == "desc")
+        page = rows[offset: offset + limit]
+        return 200, [{"id": r.id, "timestamp": r.ts, "fromMe": False, "body": r.id} for r in page if not r.hidden]
+
+
+@pytest.fixture
+async def store_server() -> Any:
+    async with StoreServer() as server:
+        yield server
