@@ -1,7 +1,9 @@
 """`waha-pipeline`: import, status, rerun-failed, simulate, demo.
 
-Exit codes (SPEC §4): 0 every chunk committed; 1 the import ran and a chunk failed (or WAHA/the CRM failed at
-run time); 2 bad input or configuration, reported in one line before anything is written.
+Exit codes (SPEC §4): 0 every chunk committed; 1 the import ran and a chunk failed or was interrupted (or
+WAHA/the CRM failed at run time; `rerun-failed CHANNEL` finishes it); 2 bad input or configuration, a CRM that
+cannot be reached or migrated at the start, or the channel being imported by another process, reported in one
+line before anything is written. Errors are one line; `--verbose` adds stack traces and Dagster's own log.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import gc
 import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from types import ModuleType
 from typing import NoReturn
@@ -54,9 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include-groups", action="store_true")
     p.add_argument("--all-chats", action="store_true",
                    help="plan every chat, also those WAHA's chat list shows with nothing new since the last import")
+    _add_verbose(p)
 
-    for name, text in (("status", "per-chunk state of the latest plan"), ("rerun-failed", "re-run failed chunks")):
-        sub.add_parser(name, help=text).add_argument("channel", help="WAHA session name")
+    for name, text in (("status", "per-chunk state of the latest plan"),
+                       ("rerun-failed", "re-run the failed chunks and the pending ones no import works on")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("channel", help="WAHA session name")
+        _add_verbose(p)
 
     p = sub.add_parser("simulate", help="serve the WAHA simulator in the foreground")
     p.add_argument("--port", type=_int_in("--port", 0, 65535), default=3000)
@@ -71,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("demo", help="simulate a seed-sized channel and import it into the embedded defaults")
     return parser
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true", help="stack traces and Dagster's event log on the console")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,21 +99,51 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         use_lean_allocators()  # before the first frame is allocated (and before the fork server starts)
         if args.command != "status" and settings.chunk_workers > 1:
-            from waha_pipeline.importer.worker_server import warm_up
-
-            warm_up()
+            _start_worker_server(verbose=args.verbose)
         commands = _import_commands()
 
         handler = {"import": commands.import_channel, "status": commands.status, "rerun-failed": commands.rerun_failed}
         return handler[args.command](settings, args)
     except ConfigError as exc:
-        return _fail(EXIT_BAD_INPUT, str(exc))
+        return _fail(EXIT_BAD_INPUT, str(exc), args)
     except WahaSessionNotFound as exc:
-        return _fail(EXIT_BAD_INPUT, f"unknown channel {args.channel!r}: {exc}")
+        return _fail(EXIT_BAD_INPUT, f"unknown channel {args.channel!r}: {exc}", args)
     except PipelineError as exc:
-        return _fail(EXIT_FAILED, str(exc))
+        return _fail(EXIT_FAILED, str(exc), args)
     except KeyboardInterrupt:
-        return _fail(EXIT_FAILED, "interrupted")
+        channel = getattr(args, "channel", None)
+        advice = f"; finish with `waha-pipeline rerun-failed {channel}`" if channel and args.command != "status" else ""
+        return _fail(EXIT_FAILED, f"interrupted{advice}", args)
+    except Exception as exc:  # noqa: BLE001 - e.g. the CRM failing at run time: one line, the trace with --verbose
+        from sqlalchemy.exc import DBAPIError
+
+        if isinstance(exc, DBAPIError):
+            from waha_pipeline.crm.ledger import primary_message
+
+            orig = exc.orig if exc.orig is not None else exc
+            return _fail(EXIT_FAILED, f"the CRM database failed: {primary_message(str(orig))}", args)
+        return _fail(EXIT_FAILED, f"{type(exc).__name__}: {exc} (--verbose shows where)", args)
+
+
+def _start_worker_server(*, verbose: bool) -> None:
+    """Chunk worker processes inherit the fork server's stderr. Without --verbose it is /dev/null: a worker's
+    chunk failures reach this process as events and are printed once, in the report; its own log lines would
+    print each of them a second time."""
+    from waha_pipeline.importer.worker_server import warm_up
+
+    if verbose:
+        warm_up()
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        warm_up()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _import_commands() -> ModuleType:
@@ -120,7 +161,9 @@ def _import_commands() -> ModuleType:
     return commands
 
 
-def _fail(code: int, message: str) -> int:
+def _fail(code: int, message: str, args: argparse.Namespace | None = None) -> int:
+    if getattr(args, "verbose", False):
+        traceback.print_exc()
     print(f"waha-pipeline: error: {' '.join(message.split())}", file=sys.stderr)
     return code
 

@@ -14,14 +14,25 @@ class ChunkLine(Protocol):
     last_error: str | None
 
 
-def chunk_table(chunks: Sequence[ChunkLine]) -> str:
-    rows = [("chunk", "state", "chats", "messages", "last error")]
+def chunk_table(chunks: Sequence[ChunkLine], *, errors: bool = True) -> str:
+    """One line per chunk; `errors=False` leaves the last error out (the import report prints each failure once,
+    in its own line with the stage, see failure_line)."""
+    rows = [("chunk", "state", "chats", "messages", "last error" if errors else "")]
     for c in chunks:
-        rows.append((c.chunk_key, c.status, str(c.chats or 0), str(c.messages or 0), c.last_error or ""))
+        error = (c.last_error or "") if errors else ""
+        rows.append((c.chunk_key, c.status, str(c.chats or 0), str(c.messages or 0), error))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join(
         "  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)).rstrip() for row in rows
     )
+
+
+def failure_line(chunk_key: str, status: str, stage: str | None, reason: str | None) -> str:
+    """A chunk that did not commit, in one line: which, where, why."""
+    where = f" at {stage}" if stage else ""
+    if status == "pending":
+        return f"chunk {chunk_key} pending{where}: {reason or 'not finished'}"
+    return f"chunk {chunk_key} failed{where}: {' '.join((reason or 'no reason recorded').split())}"
 
 
 def state_counts(chunks: Sequence[ChunkLine]) -> dict[str, int]:

@@ -7,6 +7,8 @@ commits in the chunk's transaction, SPEC 6.6). A committed chunk is never downgr
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections.abc import Collection
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +21,14 @@ from waha_pipeline.errors import ChunkError
 
 LAST_ERROR_MAX = 500
 _CHANNEL_LOCK_NAMESPACE = 0x57414841  # "WAHA": first key of the two-key advisory lock; the second is the channel
+_IMPORT_LOCK_NAMESPACE = 0x57414849  # "WAHI": the session-level lock of the process importing a channel
+# What database drivers append to an error's primary message: psycopg the server's LINE (with the SQL text),
+# DETAIL (with row values), HINT, CONTEXT, QUERY, STATEMENT parts; SQLAlchemy the statement and its parameters.
+_SECONDARY_PARTS = re.compile(
+    r"\s*(?:\bLINE \d+:|\bDETAIL:|\bHINT:|\bCONTEXT:|\bQUERY:|\bSTATEMENT:|\[SQL:|\[parameters:"
+    r"|\(Background on this error at:).*",
+    re.DOTALL,
+)
 
 
 def record_plan(conn: sa.Connection, tenant_id: str, channel_id: str, plan: ChannelPlan, plan_id: str) -> None:
@@ -140,6 +150,61 @@ def lock_channel(conn: sa.Connection, channel_id: str) -> None:
                      {"ns": _CHANNEL_LOCK_NAMESPACE, "channel": channel_id})
 
 
+def fail_pending_chunks(conn: sa.Connection, plan_id: str, chunk_keys: Collection[str], reason: str) -> list[str]:
+    """Mark the chunks among `chunk_keys` that are still pending failed with `reason` (a committed or failed chunk
+    keeps its status and reason); returns the keys it marked."""
+    pending = sorted(
+        conn.execute(
+            sa.select(import_chunks.c.chunk_key).where(
+                import_chunks.c.plan_id == plan_id,
+                import_chunks.c.status == "pending",
+                import_chunks.c.chunk_key.in_(sorted(set(chunk_keys))),
+            )
+        ).scalars()
+    )
+    if pending:
+        conn.execute(
+            sa.update(import_chunks)
+            .where(import_chunks.c.plan_id == plan_id, import_chunks.c.status == "pending",
+                   import_chunks.c.chunk_key.in_(pending))
+            .values(status="failed", last_error=_truncate(reason), updated_at=sa.func.now())
+        )
+    return pending
+
+
+def try_import_lock(conn: sa.Connection, channel_slug: str) -> bool:
+    """Take the channel's import lock for the life of this connection (PostgreSQL session advisory lock): held by
+    the process running the channel's chunks, released by PostgreSQL when that process or its connection dies."""
+    return bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:ns, hashtext(:slug))"),
+                             {"ns": _IMPORT_LOCK_NAMESPACE, "slug": channel_slug}).scalar_one())
+
+
+def release_import_lock(conn: sa.Connection, channel_slug: str) -> None:
+    conn.execute(sa.text("SELECT pg_advisory_unlock(:ns, hashtext(:slug))"),
+                 {"ns": _IMPORT_LOCK_NAMESPACE, "slug": channel_slug})
+
+
+def import_lock_holder(conn: sa.Connection, channel_slug: str) -> str | None:
+    """Who holds the channel's import lock (the holder's application_name and since when), or None when free."""
+    row = conn.execute(
+        sa.text(
+            "SELECT a.application_name, a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = CAST(:ns AS oid) "
+            "AND l.objid = CAST(hashtext(:slug)::bigint & 4294967295 AS oid) LIMIT 1"
+        ),
+        {"ns": _IMPORT_LOCK_NAMESPACE, "slug": channel_slug},
+    ).first()
+    if row is None:
+        return None
+    since = f" since {row.backend_start:%Y-%m-%d %H:%M:%S %Z}".rstrip() if row.backend_start else ""
+    return f"{row.application_name or 'another process'}{since}"
+
+
+def primary_message(error: str) -> str:
+    """The primary part of a (database) error message, without SQL text, row values or parameters."""
+    return _SECONDARY_PARTS.sub("", error).strip()
+
+
 def lock_chunk(conn: sa.Connection, plan_id: str, chunk_key: str) -> str:
     """Lock the chunk's ledger row for this transaction (PostgreSQL; SQLite holds the database write lock)."""
     status = conn.execute(
@@ -155,7 +220,7 @@ def _chunk_pk(plan_id: str, chunk_key: str) -> tuple[sa.ColumnElement[bool], ...
 
 
 def _truncate(error: str) -> str:
-    error = " ".join(error.split())  # one line
+    error = " ".join(primary_message(error).split())  # one line, no SQL
     return error if len(error) <= LAST_ERROR_MAX else error[: LAST_ERROR_MAX - 1] + "…"
 
 

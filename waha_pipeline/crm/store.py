@@ -7,8 +7,13 @@ sessions recomputed inside the transaction from every stored + new message of th
 
 from __future__ import annotations
 
+import fcntl
 import logging
-from collections.abc import Collection
+import os
+import socket
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -23,8 +28,13 @@ from waha_pipeline.domain import ids
 from waha_pipeline.domain.batch import ChunkBatch, conform
 from waha_pipeline.domain.coverage import Coverage
 from waha_pipeline.domain.planning import ChannelPlan, PlannedChat
+from waha_pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
+
+
+class ImportRunning(PipelineError):
+    """Another process holds the channel's import lock: it is importing the channel now."""
 
 STORED_MESSAGE_COLUMNS = {"contact_id": "string", "external_id": "string", "sent_at": "int64", "from_me": "bool"}
 
@@ -132,6 +142,48 @@ class CrmStore:
         with self.engine.begin() as conn:
             ledger.mark_chunk_failed(conn, plan_id, chunk_key, error)
 
+    def fail_pending_chunks(self, plan_id: str, chunk_keys: Collection[str], reason: str) -> list[str]:
+        with self.engine.begin() as conn:
+            return ledger.fail_pending_chunks(conn, plan_id, chunk_keys, reason)
+
+    # -- the import lock --------------------------------------------------------------------------------------
+
+    @contextmanager
+    def import_lock(self, channel_slug: str) -> Iterator[None]:
+        """Hold the channel's import lock while the block runs, or raise ImportRunning naming the holder.
+
+        The lock is what makes a pending chunk "live": while a process holds it, its pending chunks are being
+        worked on; once it is free, pending chunks of the latest plan are stale and re-run. PostgreSQL: a session
+        advisory lock on a connection of its own (autocommit, idle), released when the process or the connection
+        dies; SQLite: an flock on a file beside the database, released when the process dies."""
+        if self.engine.dialect.name != "postgresql":
+            with _file_lock(self.engine.url, channel_slug):
+                yield
+            return
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            conn.execute(sa.text("SELECT set_config('application_name', :name, false)"), {"name": _holder_name()})
+            if not ledger.try_import_lock(conn, channel_slug):
+                holder = ledger.import_lock_holder(conn, channel_slug)
+                raise ImportRunning(f"channel {channel_slug!r} is being imported by {holder or 'another process'}")
+            try:
+                yield
+            finally:
+                try:
+                    ledger.release_import_lock(conn, channel_slug)
+                    conn.execute(sa.text("RESET application_name"))
+                except sa.exc.DBAPIError:  # the connection was lost (and the lock with it): never reuse it
+                    conn.invalidate()
+        finally:
+            conn.close()
+
+    def import_lock_holder(self, channel_slug: str) -> str | None:
+        """Who imports the channel now (None: nobody, so its pending chunks are stale)."""
+        if self.engine.dialect.name != "postgresql":
+            return _file_lock_holder(self.engine.url, channel_slug)
+        with self.engine.connect() as conn:
+            return ledger.import_lock_holder(conn, channel_slug)
+
     # -- readers --------------------------------------------------------------------------------------------
 
     def stored_messages(self, channel_id: str, contact_ids: list[str]) -> pd.DataFrame:
@@ -215,6 +267,58 @@ class CrmStore:
         """Commit the chunk in one transaction; on any error nothing of it is written and the error is raised."""
         with self.engine.begin() as conn:
             return commit.commit_chunk(conn, batch)
+
+
+def _holder_name() -> str:
+    """The lock connection's application_name, shown to a second import (PostgreSQL keeps 63 bytes)."""
+    return f"waha-pipeline pid {os.getpid()} on {socket.gethostname()}"[:63]
+
+
+def _lock_path(url: sa.URL, channel_slug: str) -> Path | None:
+    database = url.database or ""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).expanduser().with_name(f"{Path(database).name}.import-{channel_slug}.lock")
+
+
+@contextmanager
+def _file_lock(url: sa.URL, channel_slug: str) -> Iterator[None]:
+    path = _lock_path(url, channel_slug)
+    if path is None:  # an in-memory database lives in one process
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise ImportRunning(
+                f"channel {channel_slug!r} is being imported by {handle.read().strip() or 'another process'}"
+            ) from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(_holder_name())
+            handle.flush()
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _file_lock_holder(url: sa.URL, channel_slug: str) -> str | None:
+    path = _lock_path(url, channel_slug)
+    if path is None or not path.exists():
+        return None
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
 
 
 def _channel_record(m: Any) -> ChannelRecord:
