@@ -1,5 +1,8 @@
 """Deterministic fake WAHA server: the referee the importer is tested and benchmarked against.
 
+Engine profiles (DatasetSpec.engine = "gows" | "noweb" | "webjs", simulator/engines.py) serve each engine's own
+message objects, paging and chat list, with their version quirks as DatasetSpec options.
+
 Public API (the CLI, tests and benchmarks use only these):
     DatasetSpec, SessionSpec, build_dataset          -- simulator.dataset
     ground_truth                                     -- simulator.truth

@@ -2,9 +2,10 @@
 
 Why its own module: the dataset generates neutral facts (who, when, what) once; each engine serialises them
 the way WAHA's own code does, so the import is proven against what the engines really serve. Sources:
-- GOWS: devlikeapro/waha `src/core/engines/gows/session.gows.core.ts` (2025-2026): `_data` = {Info, Message}
-  from whatsmeow, `Info.Timestamp` an ISO string, `Info.SenderAlt` the phone of a `@lid` sender; a zero Go time
-  becomes `timestamp: null` (waha_api.md 12).
+- GOWS: devlikeapro/waha `src/core/engines/gows/session.gows.core.ts` as summarised in waha_api.md 4.2, 4.3 and
+  12: `_data` = {Info, Message} from whatsmeow, `Info.Timestamp` an ISO string, `Info.SenderAlt` the phone of a
+  `@lid` sender; reactions, poll votes, protocol and sender-key rows skipped after the storage slice; a zero Go
+  time becomes `timestamp: null`.
 - NOWEB: `src/core/engines/noweb/session.noweb.core.ts` `toWAMessage` (2024.10.8 snapshot): `timestamp:
   message.messageTimestamp` (a protobuf Long `{low, high, unsigned}` for rows Baileys decoded from history sync),
   `_data` = the Baileys WAMessage {key:{remoteJid, fromMe, id, participant, remoteJidAlt}, messageTimestamp,
@@ -236,8 +237,9 @@ WEBJS_NOTICES = ("e2e_notification", "notification_template", "gp2", "call_log")
 
 
 def webjs_notice_row(chat_id: str, hex_id: str, ts: int, me_jid: str, notice: str) -> tuple[bytes, bytes]:
-    """A WEBJS system notice served as a message (WA Web does not flag every notice `isNotification`, which is
-    all `WebjsClientCore.getMessages` filters out): empty body, the notice kind in `_data.type`."""
+    """A WEBJS system notice served as a message, as WAHA users report them (waha_api.md 12): empty body, the
+    notice kind in `_data.type`. `WebjsClientCore.getMessages` filters only rows WA Web flags `isNotification`,
+    before slicing, so the notices modelled here are the ones that pass that filter."""
     rid = {"fromMe": False, "remote": chat_id, "id": hex_id, "_serialized": f"false_{chat_id}_{hex_id}"}
     data: dict[str, Any] = {"id": rid, "type": notice, "t": ts, "from": chat_id, "to": me_jid, "ack": -1,
                             "isNewMsg": False, "star": False}
