@@ -3,14 +3,14 @@ transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import sqlalchemy as sa
 
 from waha_pipeline.crm import sql
 from waha_pipeline.crm.schema import chat_coverage, to_seconds, to_utc
 from waha_pipeline.domain.batch import ChunkContext
-from waha_pipeline.domain.coverage import Coverage, extend_coverage
+from waha_pipeline.domain.coverage import Coverage, Read, Span, extend_coverage, proven_coverage
 
 
 def read(conn: sa.Connection, channel_id: str, chat_ids: Collection[str] | None = None) -> dict[str, Coverage]:
@@ -31,10 +31,21 @@ def read(conn: sa.Connection, channel_id: str, chat_ids: Collection[str] | None 
 
 
 def extend(
-    conn: sa.Connection, ctx: ChunkContext, fingerprints: Mapping[str, str], with_messages: Collection[str]
+    conn: sa.Connection,
+    ctx: ChunkContext,
+    fingerprints: Mapping[str, str],
+    with_messages: Collection[str],
+    reads: Mapping[str, Sequence[Read]] | None = None,
+    frozen: Collection[str] = (),
 ) -> None:
-    """Record that the chunk's window of every chat (the keys of `fingerprints`) is now in the CRM, computed from
-    what the fingerprints say (one statement for the whole chunk)."""
+    """Record how much of the chunk's window of every chat (the keys of `fingerprints`) is now in the CRM,
+    computed from what the fingerprints say (one statement for the whole chunk).
+
+    `reads`: per chat, the ranges fetched and how far each was proven read to its end (domain.coverage.Read); a
+    chat's coverage grows only by the proven parts (a chat absent from it: nothing proven). None: the whole
+    window counts as read (a caller that does not track reads). `frozen`: chats whose coverage must not advance
+    at all (their span stays; a chat without coverage gets none).
+    """
     if not fingerprints:
         return
     window = (ctx.window_start, ctx.window_end)
@@ -42,16 +53,29 @@ def extend(
     rows = []
     for chat_id in sorted(fingerprints):
         old = current.get(chat_id)
-        start, end = extend_coverage(window, old.span if old else None)
+        has_messages = bool(old and old.has_messages) or chat_id in with_messages
+        fingerprint: str | None = fingerprints[chat_id]
+        span: Span | None
+        if chat_id in frozen:
+            span, fingerprint = (old.span, old.fingerprint) if old else (None, None)
+        elif reads is None:
+            span = extend_coverage(window, old.span if old else None)
+        else:
+            span = proven_coverage(old.span if old else None, reads.get(chat_id, ()))
+        if span is None:  # nothing covered: no row, the next import reads the whole window
+            continue
+        start, end = span
         rows.append({
             "channel_id": ctx.channel_id,
             "tenant_id": ctx.tenant_id,
             "chat_id": chat_id,
             "covered_from": None if start is None else to_utc(start),
             "covered_to": to_utc(end),
-            "has_messages": bool(old and old.has_messages) or chat_id in with_messages,
-            "fingerprint": fingerprints[chat_id],
+            "has_messages": has_messages,
+            "fingerprint": fingerprint,
         })
+    if not rows:
+        return
     stmt = sql.insert(chat_coverage, conn.dialect)
     conn.execute(
         stmt.on_conflict_do_update(

@@ -13,6 +13,7 @@ checks the same gap again: trusting the chat list can delay a message, never dro
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 Span = tuple[int | None, int]  # (from, to), inclusive; from None = unbounded below
@@ -62,3 +63,27 @@ def up_to_date(window: Span, covered: Coverage | None, last_message_at: int | No
     cov_to = covered.span[1]
     return last_message_at < cov_to and all(start is not None and start >= cov_to
                                            for start, _ in missing_ranges(window, covered.span))
+
+
+Read = tuple[Span, int | None]  # a range asked of WAHA and how far it was proven read (None: not at all)
+
+
+def proven_coverage(covered: Span | None, reads: Iterable[Read]) -> Span | None:
+    """Coverage after a chunk read `reads`: the old span joined with the proven part `[gte, proven_to]` of each read
+    range (SPEC 8: never over a span not read to the end). Pieces that touch (inclusive seconds) merge; when they
+    do not, the one reaching furthest is kept (the other is only re-fetched later). None: nothing is covered."""
+    pieces: list[tuple[int | None, int]] = [] if covered is None else [covered]
+    for (start, end), proven_to in reads:
+        if proven_to is not None and (start is None or proven_to >= start):
+            pieces.append((start, min(proven_to, end)))
+    if not pieces:
+        return None
+    pieces.sort(key=lambda p: (p[0] is not None, p[0] or 0))
+    merged = [pieces[0]]
+    for start, end in pieces[1:]:
+        low, high = merged[-1]
+        if start is None or start <= high + 1:
+            merged[-1] = (low, max(high, end))
+        else:
+            merged.append((start, end))
+    return max(merged, key=lambda p: p[1])

@@ -20,7 +20,8 @@ import pandas as pd
 from sqlalchemy import exc as sa_exc
 
 from waha_pipeline.domain.coverage import Coverage
-from waha_pipeline.crm.store import CrmStore
+from waha_pipeline.crm.store import CommitResult, CrmStore
+from waha_pipeline.domain.batch import MESSAGE_COLUMNS, ChunkBatch, conform
 from waha_pipeline.errors import ChunkError, WahaPermanentError, WahaSessionNotFound
 from waha_pipeline.importer import stages
 from waha_pipeline.importer.background_loop import BackgroundLoop
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 # Files each stage persists; a stage counts as persisted when all of its files exist.
 STAGE_FILES: dict[str, tuple[str, ...]] = {
     "raw_chat_list": ("chats",),
-    "fetched_messages": ("fetched",),
+    "fetched_messages": ("fetched", "reads"),  # the messages, and per chat range how far it is proven read
     "resolved_contacts": ("contacts", "messages", "rejects"),
     "session_batch": ("contacts", "assigned", "rejects", "sessions"),
     "committed_rows": (),
@@ -63,7 +64,7 @@ class ChunkFailed:
 
 @dataclass
 class _Fetch:
-    future: Future[tuple[pd.DataFrame, WahaStats]]
+    future: Future[tuple[tuple[pd.DataFrame, pd.DataFrame], WahaStats]]
     covered: dict[str, Coverage]  # what the CRM held when the fetch was planned; resolve reuses it
     started: float = field(default_factory=time.monotonic)
 
@@ -190,20 +191,23 @@ class ChunkRunner:
             yield StageDone(key, "raw_chat_list", {"chats": len(chats), "dagster/row_count": len(chats)})
 
         stage = progress[0] = "fetched_messages"
-        fetched = None
+        fetched = reads = None
         stats = WahaStats()  # stays empty when the fetch is read back from disk
         if plan[stage] is Action.LOAD:
             fetched = self.stage_store.read(plan_id, key, "fetched")
+            reads = self.stage_store.read(plan_id, key, "reads")
         elif plan[stage] is not Action.SKIP:
             assert fetch is not None, "every fetch is submitted before its chunk is processed"
-            fetched, stats = fetch.future.result()
+            (fetched, reads), stats = fetch.future.result()
             self.stage_store.write(plan_id, key, "fetched", fetched)
+            self.stage_store.write(plan_id, key, "reads", reads)
             if plan[stage] is Action.EMIT:
                 waha = stats.to_dict()
                 logger.info("chunk %s fetched %d messages: %s", key, len(fetched), waha)
                 yield StageDone(key, stage, {
                     "chats": len(chats),
                     "messages": len(fetched),
+                    "ranges_unproven": int((reads["proven_to"].fillna(-1) < reads["lte"]).sum()),
                     "waha_requests": stats.requests,
                     "waha_retries": stats.retries,
                     "waha_wait_429_seconds": waha["wait_429_seconds"],
@@ -251,7 +255,9 @@ class ChunkRunner:
         stage = progress[0] = "committed_rows"
         if plan[stage] is Action.EMIT:
             assert assigned is not None
-            result = stages.commit(self.store, work, assigned)
+            if reads is None:  # committed from later stages on disk: what the fetch proved is on disk too
+                reads = self.stage_store.read(plan_id, key, "reads")
+            result = self._commit(work, assigned, reads)
             yield StageDone(key, stage, {
                 "chats": len(work.chats),
                 "messages": result.messages_total,
@@ -265,12 +271,28 @@ class ChunkRunner:
                 "dagster/row_count": result.messages_total,
             })
 
+    def _commit(self, work: stages.ChunkWork, assigned: stages.Assigned, reads: pd.DataFrame | None) -> CommitResult:
+        """`stages.commit`, with what the fetch proved read: a chat's coverage grows only over that (no reads
+        frame: nothing is proven, coverage stays)."""
+        batch = ChunkBatch(
+            context=work.context,
+            contacts=assigned.contacts,
+            messages=conform(assigned.messages, MESSAGE_COLUMNS),
+            rejects=assigned.rejects,
+            chats=len(work.chats),
+            planned_chats=work.chats,
+        )
+        batch.reads = stages.proven_reads(reads)  # type: ignore[attr-defined]  # read by crm.commit
+        return self.store.commit_chunk(batch)
+
     async def _fetch(
         self, client: WahaClient, work: stages.ChunkWork, covered: dict[str, Coverage]
-    ) -> tuple[pd.DataFrame, WahaStats]:
+    ) -> tuple[tuple[pd.DataFrame, pd.DataFrame], WahaStats]:
         """Fetch a chunk within its deadline, so no chunk can hang for minutes whatever WAHA does."""
         chats = stages.raw_chat_list(work)
-        fetch = client.measured(stages.fetch_messages(client, work, chats, self.page_size, covered))
+        # the chat list's last-message time of each chat, when the plan carries it (PlannedChat.last_message_at)
+        last_at = {c.chat_id: getattr(c, "last_message_at", None) for c in work.chats}
+        fetch = client.measured(stages.fetch_messages(client, work, chats, self.page_size, covered, last_at))
         try:
             return await asyncio.wait_for(fetch, self.fetch_deadline_seconds)
         except TimeoutError:

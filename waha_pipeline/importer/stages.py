@@ -23,7 +23,7 @@ from waha_pipeline.domain.batch import (
     conform,
     empty_frame,
 )
-from waha_pipeline.domain.coverage import Coverage, Span, missing_ranges
+from waha_pipeline.domain.coverage import Coverage, Read, Span, missing_ranges
 from waha_pipeline.domain.identity import named_by_push, resolve_contacts
 from waha_pipeline.domain.messages import map_messages
 from waha_pipeline.domain.planning import PlannedChat
@@ -40,6 +40,8 @@ CHAT_COLUMNS: dict[str, str] = {
     "group_id": "string",
 }
 FETCHED_COLUMNS: dict[str, str] = {"chat_id": "string", "payload": "string"}
+# One row per (chat, range) read: every message with gte <= timestamp <= proven_to was read (NA: nothing proven).
+READS_COLUMNS: dict[str, str] = {"chat_id": "string", "gte": "Int64", "lte": "int64", "proven_to": "Int64"}
 ASSIGNED_COLUMNS: dict[str, str] = {**MESSAGE_COLUMNS, "session_id": "string"}
 
 
@@ -93,11 +95,20 @@ def raw_chat_list(work: ChunkWork) -> pd.DataFrame:
 
 
 async def fetch_messages(
-    client: WahaClient, work: ChunkWork, chats: pd.DataFrame, page_size: int, covered: Mapping[str, Coverage]
-) -> pd.DataFrame:
-    """Every message of every chat in the window that the CRM does not hold yet, raw, as WAHA sent it.
+    client: WahaClient,
+    work: ChunkWork,
+    chats: pd.DataFrame,
+    page_size: int,
+    covered: Mapping[str, Coverage],
+    last_at: Mapping[str, int | None] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every message of every chat in the window that the CRM does not hold yet, raw, as WAHA sent it
+    (FETCHED_COLUMNS), and one row per range read with how far it is proven read (READS_COLUMNS): the commit
+    extends a chat's coverage only over that (SPEC 8).
 
-    Chats that need the same ranges are fetched together; a message fetched twice at a seam is deduplicated later.
+    `last_at`: each chat's last-message time from the chat list (missing or None = unknown), the evidence that
+    ends a read at an empty page. Chats that need the same ranges are fetched together; a message fetched twice
+    at a seam is deduplicated later.
     """
     context = work.context
     window = (context.window_start, context.window_end)
@@ -106,20 +117,42 @@ async def fetch_messages(
         known = covered.get(chat_id)
         by_ranges.setdefault(tuple(missing_ranges(window, known.span if known else None)), []).append(chat_id)
     fetched: dict[str, list[str]] = {}
+    reads: list[tuple[str, int | None, int, int | None]] = []
     for ranges, chat_ids in by_ranges.items():
         for gte, lte in ranges:
-            pages = await client.fetch_many(
-                work.waha_session, chat_ids, gte=gte, lte=lte, page_size=page_size, encode=_json_text
+            results = await client.read_many(
+                work.waha_session, chat_ids, gte=gte, lte=lte, page_size=page_size, encode=_json_text,
+                last_at=last_at,
             )
-            for chat_id, items in pages.items():
-                fetched.setdefault(chat_id, []).extend(items)
+            for chat_id, result in results.items():
+                fetched.setdefault(chat_id, []).extend(result.items)
+                reads.append((chat_id, gte, lte, result.proven_to))
     ids: list[str] = []
     payloads: list[str] = []
     for chat_id in chats["chat_id"].tolist():
         texts = fetched.pop(chat_id, [])
         ids.extend([chat_id] * len(texts))
         payloads.extend(texts)
-    return pd.DataFrame({"chat_id": pd.array(ids, dtype="string"), "payload": pd.array(payloads, dtype="string")})
+    frame = pd.DataFrame({"chat_id": pd.array(ids, dtype="string"), "payload": pd.array(payloads, dtype="string")})
+    return frame, reads_frame(reads)
+
+
+def reads_frame(reads: list[tuple[str, int | None, int, int | None]]) -> pd.DataFrame:
+    """(chat_id, gte, lte, proven_to) rows as a READS_COLUMNS frame."""
+    columns = list(zip(*reads)) if reads else [(), (), (), ()]
+    return pd.DataFrame({name: pd.array(list(values), dtype=dtype)
+                         for (name, dtype), values in zip(READS_COLUMNS.items(), columns)})
+
+
+def proven_reads(frame: pd.DataFrame | None) -> dict[str, list[Read]]:
+    """A READS_COLUMNS frame as `crm.coverage.extend` takes it: chat -> [((gte, lte), proven_to), ...]."""
+    out: dict[str, list[Read]] = {}
+    if frame is None:
+        return out
+    for chat_id, gte, lte, proven_to in frame.itertuples(index=False, name=None):
+        out.setdefault(chat_id, []).append(((None if pd.isna(gte) else int(gte), int(lte)),
+                                            None if pd.isna(proven_to) else int(proven_to)))
+    return out
 
 
 def _json_text(item: object) -> str:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from waha_pipeline.domain.coverage import Coverage, extend_coverage, missing_ranges, up_to_date
+from waha_pipeline.domain.coverage import Coverage, extend_coverage, missing_ranges, proven_coverage, up_to_date
 
 
 @pytest.mark.parametrize(
@@ -80,3 +80,43 @@ def test_up_to_date_only_when_every_message_of_the_window_is_stored(window, cove
     """A message at `t` (the chat list says none is later than `last`) is either stored or makes the chat due."""
     if t <= last and _within(t, window) and up_to_date(window, Coverage(covered, True, FP), last, FP):
         assert _within(t, covered)
+
+
+@pytest.mark.parametrize(
+    ("covered", "reads", "result"),
+    [
+        (None, [((100, 200), 200)], (100, 200)),
+        (None, [((100, 200), 150)], (100, 150)),
+        (None, [((100, 200), None)], None),
+        ((50, 100), [((100, 200), None)], (50, 100)),
+        ((50, 100), [((100, 200), 140)], (50, 140)),
+        ((50, 100), [((20, 50), 50), ((100, 200), 200)], (20, 200)),
+        ((50, 100), [((20, 50), 30), ((100, 200), 200)], (50, 200)),
+        ((None, 100), [((100, 200), 300)], (None, 200)),
+        ((50, 100), [((150, 200), 200)], (150, 200)),
+        (None, [((100, 200), 90)], None),
+    ],
+    ids=["proven", "to-newest-read", "nothing-proven", "unproven-keeps-old", "extends-old", "both-sides",
+         "older-gap-kept-out", "clipped-to-lte", "disjoint-newer-wins", "proven-before-range"],
+)
+def test_proven_coverage(covered, reads, result) -> None:
+    assert proven_coverage(covered, reads) == result
+
+
+@given(
+    covered=st.one_of(st.none(), st.tuples(st.integers(0, 50), st.integers(50, 100))),
+    proven=st.lists(st.one_of(st.none(), st.integers(0, 300)), min_size=1, max_size=3),
+)
+def test_proven_coverage_never_claims_an_unproven_second(covered, proven) -> None:
+    """Every second of the result lies in the old coverage or in the proven part of a read."""
+    reads = [((100 * k, 100 * k + 100), p) for k, p in enumerate(proven)]
+    span = proven_coverage(covered, reads)
+    if span is None:
+        assert covered is None
+        return
+    low = span[0] if span[0] is not None else 0
+    ok = set(range(covered[0], covered[1] + 1)) if covered else set()
+    for (start, end), to in reads:
+        if to is not None:
+            ok |= set(range(start, min(to, end) + 1))
+    assert set(range(low, span[1] + 1)) <= ok
