@@ -28,7 +28,7 @@ import orjson
 ENGINES = ("gows", "noweb", "webjs")
 
 # Non-message row reasons (SPEC 6.5): what the truth counts as skipped when such a row is served.
-REACTION, POLL_VOTE, PROTOCOL, SYSTEM = "reaction", "poll_vote", "protocol", "system"
+REACTION, POLL_VOTE, PROTOCOL, SYSTEM = "reaction", "poll_vote", "protocol", "system_notice"
 
 # Per-message wire quirks (decided by the dataset, applied here).
 NULL_TS = "null_ts"  # GOWS: timestamp null, Info.Timestamp has the time

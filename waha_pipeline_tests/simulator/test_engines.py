@@ -66,7 +66,7 @@ def non_message_reason(m: dict) -> str | None:
     """What a reader of WAHA's material calls a row that is not a message (SPEC 6.5)."""
     data = m.get("_data") or {}
     if data.get("type") in ("e2e_notification", "notification_template", "gp2", "call_log"):
-        return "system"
+        return "system_notice"
     message = data.get("message") or {}
     if "protocolMessage" in message:
         return "protocol"
@@ -283,7 +283,7 @@ def test_truth_matches_what_the_wire_holds(engine: str, legacy: bool) -> None:
         assert rejects == len(truth["rejects"]) > 0
         assert skipped == truth["skipped_messages"]
         if engine == "webjs":
-            assert skipped.get("system", 0) > 0
+            assert skipped.get("system_notice", 0) > 0
         phones = {c["phone"] for c in truth["contacts"]}
         alt = [c for c in ds.sessions["demo"].chats if c.kind == LID_ALT]
         assert alt
