@@ -175,7 +175,8 @@ def skip_reason(raw: dict[str, Any]) -> str | None:
     Rows that are not messages, by source:
     - reactions: protobuf `reactionMessage` / `encReactionMessage` (NOWEB `_data.message`, GOWS
       `_data.Message`), GOWS `Info.Type` "reaction", WEBJS `_data.type` "reaction";
-    - poll votes: `pollUpdateMessage`, WEBJS "poll_vote"; event answers: `encEventResponseMessage`;
+    - poll votes: `pollUpdateMessage`, WEBJS "poll_vote" (also "poll_update"); event answers:
+      `encEventResponseMessage`;
     - protocol rows: `protocolMessage` (revoke, edit, also inside `editedMessage`), rows holding only a
       `senderKeyDistributionMessage`, WEBJS "protocol";
     - system notices: WEBJS e2e_notification, notification, notification_template, group_notification,
