@@ -225,12 +225,12 @@ def _report(chunks: list[ChunkRecord], channel: str, results: list[dg.ExecuteInP
     for chunk in not_done:
         stage, reason = stages.get(chunk.chunk_key, (None, None))
         print(failure_line(chunk.chunk_key, chunk.status, stage, chunk.last_error or reason), file=sys.stderr)
-    if interrupted:
-        print("interrupted", file=sys.stderr)
     if not_done:
+        if interrupted:
+            print("interrupted: no chunk was started after the signal", file=sys.stderr)
         print(f"re-run them with: waha-pipeline rerun-failed {channel}", file=sys.stderr)
         return EXIT_FAILED
-    return EXIT_FAILED if interrupted else EXIT_OK
+    return EXIT_OK  # every chunk committed, also when a signal came after the last one started
 
 
 def _pending(chunks: list[ChunkRecord]) -> list[str]:
