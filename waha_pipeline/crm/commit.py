@@ -157,9 +157,8 @@ def _commit(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
         other = _effective_settings(conn, channel_id, settings.plan_time, None)
         _recompute_sessions(conn, ctx.tenant_id, channel_id, sa.select(stage_merges.c.new_id), other)
     fingerprints = {c.chat_id: chat_fingerprint(c, settings.timeout_minutes) for c in batch.planned_chats}
-    # What the fetch proved read, and chats whose coverage must stay (ChunkBatch fields; absent: whole window).
     coverage.extend(conn, ctx, fingerprints, set(message_frame["chat_id"].dropna()),
-                    reads=getattr(batch, "reads", None), frozen=getattr(batch, "frozen_chats", ()))
+                    reads=batch.reads, frozen=batch.frozen_chats)
 
     counts = {
         "chats": batch.chats,
@@ -167,6 +166,7 @@ def _commit(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
         "rejects": len(reject_frame),
         "sessions": n_sessions,
         "contacts": len(contact_frame),
+        "skipped": None if batch.skipped is None else dict(batch.skipped),
     }
     ledger.mark_chunk_committed(conn, ctx.plan_id, ctx.chunk_key, counts)
     staging.drop(conn)

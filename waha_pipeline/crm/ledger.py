@@ -131,7 +131,7 @@ def mark_chunk_failed(conn: sa.Connection, plan_id: str, chunk_key: str, error: 
     )
 
 
-def mark_chunk_committed(conn: sa.Connection, plan_id: str, chunk_key: str, counts: dict[str, int]) -> None:
+def mark_chunk_committed(conn: sa.Connection, plan_id: str, chunk_key: str, counts: dict[str, Any]) -> None:
     """Inside the chunk's transaction: status committed with its counts."""
     conn.execute(
         sa.update(import_chunks)

@@ -8,6 +8,7 @@ Times are Unix seconds (int64, UTC) until the store converts them to timestamps.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -102,3 +103,7 @@ class ChunkBatch:
     rejects: pd.DataFrame = field(default_factory=lambda: empty_frame(REJECT_COLUMNS))
     chats: int = 0
     planned_chats: tuple[PlannedChat, ...] = ()  # every chat of the chunk: its window is covered once this commits
+    # chat -> [((gte, lte), proven_to), ...] as the fetch read it; None = the whole window counts as read
+    reads: Mapping[str, Sequence[tuple[tuple[int | None, int], int | None]]] | None = None
+    frozen_chats: frozenset[str] = frozenset()  # chats whose coverage must not move (rows stamped after plan time)
+    skipped: Mapping[str, int] | None = None  # rows WAHA served that are neither messages nor rejects, by reason

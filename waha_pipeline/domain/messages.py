@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -66,10 +65,6 @@ class MappedMessages:
     def dropped_outside_window(self) -> int:
         """Valid messages left out by the window on either side."""
         return self.skipped[OUTSIDE_WINDOW] + self.skipped[AFTER_PLAN_TIME]
-
-    def __iter__(self) -> Iterator[Any]:
-        """Unpacks as (messages, rejects, dropped_outside_window) for callers of the three-value form."""
-        return iter((self.messages, self.rejects, self.dropped_outside_window))
 
 
 def push_name(data: Any) -> str | None:

@@ -20,8 +20,7 @@ import pandas as pd
 from sqlalchemy import exc as sa_exc
 
 from waha_pipeline.domain.coverage import Coverage
-from waha_pipeline.crm.store import CommitResult, CrmStore
-from waha_pipeline.domain.batch import MESSAGE_COLUMNS, ChunkBatch, conform
+from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.errors import ChunkError, WahaPermanentError, WahaSessionNotFound
 from waha_pipeline.importer import stages
 from waha_pipeline.importer.background_loop import BackgroundLoop
@@ -36,7 +35,8 @@ logger = logging.getLogger(__name__)
 STAGE_FILES: dict[str, tuple[str, ...]] = {
     "raw_chat_list": ("chats",),
     "fetched_messages": ("fetched", "reads"),  # the messages, and per chat range how far it is proven read
-    "resolved_contacts": ("contacts", "messages", "rejects"),
+    # ... and the rows that are neither messages nor rejects by reason, and chats with rows after the plan time
+    "resolved_contacts": ("contacts", "messages", "rejects", "skipped", "late_chats"),
     "session_batch": ("contacts", "assigned", "rejects", "sessions"),
     "committed_rows": (),
 }
@@ -225,14 +225,17 @@ class ChunkRunner:
         elif plan[stage] is not Action.SKIP:
             assert fetched is not None
             resolved = stages.resolve(self.store, work, fetched, fetch.covered if fetch else None)
-            for name in ("contacts", "messages", "rejects"):
+            for name in STAGE_FILES[stage]:
                 self.stage_store.write(plan_id, key, name, getattr(resolved, name))
             if plan[stage] is Action.EMIT:
+                skipped = stages.skipped_counts(resolved.skipped)
                 yield StageDone(key, stage, {
                     "contacts": len(resolved.contacts),
                     "messages": len(resolved.messages),
                     "rejects": len(resolved.rejects),
-                    "outside_window": resolved.dropped_outside_window,
+                    "skipped": sum(skipped.values()),
+                    "skipped_by_reason": skipped,
+                    "late_chats": len(resolved.late_chats),
                     "dagster/row_count": len(resolved.contacts),
                 })
 
@@ -256,8 +259,12 @@ class ChunkRunner:
         if plan[stage] is Action.EMIT:
             assert assigned is not None
             if reads is None:  # committed from later stages on disk: what the fetch proved is on disk too
-                reads = self.stage_store.read(plan_id, key, "reads")
-            result = self._commit(work, assigned, reads)
+                reads = self._read_optional(plan_id, key, "reads")
+            if resolved is None:
+                skipped, late = (self._read_optional(plan_id, key, name) for name in ("skipped", "late_chats"))
+            else:
+                skipped, late = resolved.skipped, resolved.late_chats
+            result = stages.commit(self.store, work, assigned, reads, skipped, late)
             yield StageDone(key, stage, {
                 "chats": len(work.chats),
                 "messages": result.messages_total,
@@ -265,25 +272,12 @@ class ChunkRunner:
                 "sessions": result.sessions,
                 "contacts": result.contacts,
                 "rejects": result.rejects,
+                "skipped": None if skipped is None else int(skipped["rows"].sum()),
                 "waha_requests": stats.requests,
                 "waha_retries": stats.retries,
                 "duration_seconds": round(time.monotonic() - started, 3),
                 "dagster/row_count": result.messages_total,
             })
-
-    def _commit(self, work: stages.ChunkWork, assigned: stages.Assigned, reads: pd.DataFrame | None) -> CommitResult:
-        """`stages.commit`, with what the fetch proved read: a chat's coverage grows only over that (no reads
-        frame: nothing is proven, coverage stays)."""
-        batch = ChunkBatch(
-            context=work.context,
-            contacts=assigned.contacts,
-            messages=conform(assigned.messages, MESSAGE_COLUMNS),
-            rejects=assigned.rejects,
-            chats=len(work.chats),
-            planned_chats=work.chats,
-        )
-        batch.reads = stages.proven_reads(reads)  # type: ignore[attr-defined]  # read by crm.commit
-        return self.store.commit_chunk(batch)
 
     async def _fetch(
         self, client: WahaClient, work: stages.ChunkWork, covered: dict[str, Coverage]
@@ -309,8 +303,12 @@ class ChunkRunner:
         }
 
     def _read_resolved(self, plan_id: str, key: str) -> stages.Resolved:
-        frames = {n: self.stage_store.read(plan_id, key, n) for n in ("contacts", "messages", "rejects")}
-        return stages.Resolved(dropped_outside_window=0, **frames)  # type: ignore[arg-type]
+        frames = {n: self.stage_store.read(plan_id, key, n) for n in STAGE_FILES["resolved_contacts"]}
+        return stages.Resolved(**frames)
+
+    def _read_optional(self, plan_id: str, key: str, name: str) -> pd.DataFrame | None:
+        """A stage file that stage directories written by earlier versions may lack."""
+        return self.stage_store.read(plan_id, key, name) if self.stage_store.exists(plan_id, key, name) else None
 
     def _read_assigned(self, plan_id: str, key: str) -> stages.Assigned:
         frames = {n: self.stage_store.read(plan_id, key, n) for n in ("contacts", "rejects", "sessions")}

@@ -6,6 +6,7 @@ Each stage reads the previous stage's output, so a stage can be re-run from its 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -43,6 +44,8 @@ FETCHED_COLUMNS: dict[str, str] = {"chat_id": "string", "payload": "string"}
 # One row per (chat, range) read: every message with gte <= timestamp <= proven_to was read (NA: nothing proven).
 READS_COLUMNS: dict[str, str] = {"chat_id": "string", "gte": "Int64", "lte": "int64", "proven_to": "Int64"}
 ASSIGNED_COLUMNS: dict[str, str] = {**MESSAGE_COLUMNS, "session_id": "string"}
+SKIPPED_COLUMNS: dict[str, str] = {"reason": "string", "rows": "int64"}
+LATE_COLUMNS: dict[str, str] = {"chat_id": "string"}
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,8 @@ class Resolved:
     contacts: pd.DataFrame
     messages: pd.DataFrame
     rejects: pd.DataFrame
-    dropped_outside_window: int
+    skipped: pd.DataFrame  # SKIPPED_COLUMNS: rows WAHA served that are neither messages nor rejects, by reason
+    late_chats: pd.DataFrame  # LATE_COLUMNS: chats with rows stamped after the plan time (coverage stays)
 
 
 @dataclass(frozen=True)
@@ -163,29 +167,53 @@ def resolve(
     store: CrmStore, work: ChunkWork, fetched: pd.DataFrame, covered: Mapping[str, Coverage] | None = None
 ) -> Resolved:
     """Map and validate the messages and resolve contacts, knowing what the CRM already holds of these chats
-    (`covered`: the coverage the fetch was planned from, else read now)."""
+    (`covered`: the coverage the fetch was planned from, else read now). Phones that the messages themselves
+    give for lids resolve the chunk's chats like WAHA's lid mapping does where that mapping has none."""
     context = work.context
-    messages, rejects, dropped = map_messages(
+    mapped = map_messages(
         fetched,
         channel_id=context.channel_id,
         window_start=context.window_start,
         window_end=context.window_end,
     )
+    chats = with_learned_phones(work.chats, mapped.lid_phones)
     if covered is None:
-        covered = store.chat_coverage(context.channel_id, [c.chat_id for c in work.chats])
+        covered = store.chat_coverage(context.channel_id, [c.chat_id for c in chats])
     contacts, messages = resolve_contacts(
-        work.chats,
-        messages,
+        chats,
+        mapped.messages,
         tenant_id=context.tenant_id,
         stored_chats={chat for chat, known in covered.items() if known.has_messages},
-        stored_push_names=store.latest_push_names(context.channel_id, named_by_push(context.tenant_id, work.chats)),
+        stored_push_names=store.latest_push_names(context.channel_id, named_by_push(context.tenant_id, chats)),
     )
+    skipped = pd.DataFrame({"reason": list(mapped.skipped), "rows": list(mapped.skipped.values())})
     return Resolved(
         contacts=conform(contacts, CONTACT_COLUMNS),
         messages=conform(messages, MESSAGE_COLUMNS),
-        rejects=conform(rejects, REJECT_COLUMNS),
-        dropped_outside_window=dropped,
+        rejects=conform(mapped.rejects, REJECT_COLUMNS),
+        skipped=conform(skipped, SKIPPED_COLUMNS),
+        late_chats=conform(pd.DataFrame({"chat_id": sorted(mapped.late_chats)}), LATE_COLUMNS),
     )
+
+
+def skipped_counts(skipped: pd.DataFrame) -> dict[str, int]:
+    """A SKIPPED_COLUMNS frame as reason -> rows, only the reasons that occurred."""
+    return {reason: int(rows) for reason, rows in zip(skipped["reason"].tolist(), skipped["rows"].tolist()) if rows}
+
+
+def with_learned_phones(chats: tuple[PlannedChat, ...], lid_phones: Mapping[str, str]) -> tuple[PlannedChat, ...]:
+    """The chats with the lid/phone pairs that messages carry filled in where the plan knew none (SPEC 6.5)."""
+    if not lid_phones:
+        return chats
+    lid_of = {phone: lid for lid, phone in sorted(lid_phones.items(), reverse=True)}  # smallest lid wins
+    out = []
+    for chat in chats:
+        if chat.kind == "lid" and chat.phone is None and chat.lid in lid_phones:
+            chat = dataclasses.replace(chat, phone=lid_phones[chat.lid])
+        elif chat.kind == "direct" and chat.lid is None and chat.phone in lid_of:
+            chat = dataclasses.replace(chat, lid=lid_of[chat.phone])
+        out.append(chat)
+    return tuple(out)
 
 
 def assign(store: CrmStore, work: ChunkWork, resolved: Resolved) -> Assigned:
@@ -214,14 +242,31 @@ def assign(store: CrmStore, work: ChunkWork, resolved: Resolved) -> Assigned:
     )
 
 
-def commit(store: CrmStore, work: ChunkWork, assigned: Assigned) -> CommitResult:
-    """One transaction; the store recomputes sessions inside it, so a concurrent writer cannot skew them."""
+def commit(
+    store: CrmStore,
+    work: ChunkWork,
+    assigned: Assigned,
+    reads: pd.DataFrame | None,
+    skipped: pd.DataFrame | None,
+    late_chats: pd.DataFrame | None,
+) -> CommitResult:
+    """One transaction; the store recomputes sessions inside it, so a concurrent writer cannot skew them.
+
+    A chat's coverage grows only over what `reads` proves read (None: nothing is proven) and never for
+    `late_chats` (None, from stage files that lack it: no chat's coverage moves). `skipped` None: not known."""
+    contacts = assigned.contacts
+    learned = contacts.dropna(subset=["lid", "phone"])
+    chats = with_learned_phones(work.chats, dict(zip(learned["lid"].tolist(), learned["phone"].tolist(), strict=True)))
     batch = ChunkBatch(
         context=work.context,
         contacts=assigned.contacts,
         messages=conform(assigned.messages, MESSAGE_COLUMNS),
         rejects=assigned.rejects,
-        chats=len(work.chats),
-        planned_chats=work.chats,
+        chats=len(chats),
+        planned_chats=chats,
+        reads=proven_reads(reads),
+        frozen_chats=frozenset(c.chat_id for c in chats) if late_chats is None
+        else frozenset(late_chats["chat_id"].tolist()),
+        skipped=None if skipped is None else skipped_counts(skipped),
     )
     return store.commit_chunk(batch)
