@@ -113,12 +113,17 @@ def chunk_import(context: dg.AssetExecutionContext, waha: WahaResource, crm: Crm
     else:
         events = spec.runner(crm.store).run(keys, selected, skip_committed=skip_committed)
     failures: list[ChunkFailed] = []
-    for event in events:
-        if isinstance(event, ChunkFailed):
-            failures.append(event)
-            context.log.error(f"chunk {event.chunk_key} failed at {event.stage}: {event.reason}")
-            continue
-        yield dg.AssetMaterialization(asset_key=event.stage, partition=event.chunk_key, metadata=event.metadata)
+    try:
+        for event in events:
+            if isinstance(event, ChunkFailed):
+                failures.append(event)
+                context.log.error(f"chunk {event.chunk_key} failed at {event.stage}: {event.reason}")
+                continue
+            yield dg.AssetMaterialization(asset_key=event.stage, partition=event.chunk_key, metadata=event.metadata)
+    except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
+        # A stop signal ends the import: Dagster applies the op RetryPolicy to interrupts too, and a retry would
+        # start the chunks again. The chunks left pending are marked failed "interrupted" by the CLI.
+        raise dg.Failure(description="interrupted", allow_retries=False) from exc
     if failures:
         retryable = not all(f.permanent for f in failures)
         wait = max((f.retry_after or 0.0) for f in failures)
