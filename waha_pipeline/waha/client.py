@@ -56,6 +56,8 @@ MIN_MESSAGE_PAGE = 50
 PROBE_POLL_SECONDS = 0.05  # how often a request waiting for a half-open probe's verdict looks again
 STALE_PAGES_LIMIT = 3  # consecutive non-empty pages without a new item: the server ignores `offset`
 PROBE_EMPTY_PAGES = 2  # empty pages asked past an empty one before a chat's read ends without evidence of its end
+MAX_PROBE_ROWS = 50_000  # store rows probed past the last message while the chat list says a later one exists
+MAX_PROBE_PAGE = 8_192  # the largest page a probe asks for
 MAX_CHATS = 1_000_000  # a chat list longer than this is taken for a server that never ends its list
 
 
@@ -136,6 +138,7 @@ class WahaClient:
         breaker: CircuitBreaker | None = None,
         max_chats: int = MAX_CHATS,
         probe_empty_pages: int = PROBE_EMPTY_PAGES,
+        max_probe_rows: int = MAX_PROBE_ROWS,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -143,6 +146,7 @@ class WahaClient:
             raise ValueError("max_chats must be >= 1 and probe_empty_pages >= 0")
         self.max_chats = max_chats
         self.probe_empty_pages = probe_empty_pages
+        self.max_probe_rows = max_probe_rows
         headers = {"Accept": "application/json"}
         if api_key:
             headers["X-Api-Key"] = api_key
@@ -393,18 +397,24 @@ class WahaClient:
 
         - an empty page ends the read at once, proven to `lte`, when the newest timestamp read is >= the target
           `min(last_at, lte)` (or the target lies before `gte`: the chat list says nothing is in the range);
-        - otherwise up to `probe_empty_pages` further pages are asked at the following offsets; a non-empty one
-          resumes the paging, and when all are empty the read ends unproven: proven only to the newest timestamp
-          read (inclusive), or not at all when nothing was read;
+        - otherwise further pages are asked at the following offsets, each twice the size of the one before (a
+          run of dropped rows costs requests logarithmic in its length); a non-empty one resumes the paging at
+          the normal size after the rows that probe spanned. Probing stops after `probe_empty_pages` empty pages,
+          or, while the chat list's last-message time says a later message exists, once the probes spanned
+          `max_probe_rows` rows; the read then ends unproven: proven only to the newest timestamp read
+          (inclusive), or not at all when nothing was read;
         - a server that returns a chat newest first (WEBJS ignores `sortOrder`) gives no evidence for the end a
           last-message time could confirm: its read is always probed and never proven.
+
+        A page that timed out caps every later page of the chat, probes included, at the halved limit.
 
         The clean case costs one request more than the data pages: the empty page after them.
         """
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
         target = lte if last_at is None else min(last_at, lte)
-        limit, offset, stale, empty = page_size, 0, 0, 0
+        limit, offset, stale, empty, probed = page_size, 0, 0, 0, 0
+        ceiling = max(page_size, MAX_PROBE_PAGE)  # the largest limit not known to time out
         seen: set[str] = set()
         items: list[Any] = []
         newest: int | None = None
@@ -417,7 +427,7 @@ class WahaClient:
                 data = await self._request("messages", "GET", path, params=params, session=session,
                                            shrink_on_timeout=can_shrink, chat=chat_id)
             except _PageTimeout:
-                limit = max(self.min_page_size, limit // 2)
+                limit = ceiling = max(self.min_page_size, limit // 2)
                 self._stats.add("page_shrinks")
                 logger.info("WAHA GET %s timed out at offset %d; retrying the page with limit %d", path, offset, limit)
                 continue
@@ -427,14 +437,18 @@ class WahaClient:
                 if ordered and (reached or (gte is not None and target < gte)):
                     return ChatRead(items, lte, newest)
                 empty += 1
-                if empty > self.probe_empty_pages:
+                probed += limit
+                behind = last_at is not None and (newest is None or newest < target)
+                if probed >= self.max_probe_rows or (not behind and empty > self.probe_empty_pages):
                     logger.info("WAHA GET %s: pages ran out at offset %d without evidence of the chat's end "
                                 "(newest read %s, last message listed %s)", path, offset, newest, last_at)
                     proven = newest if ordered and newest is not None and (gte is None or newest >= gte) else None
                     return ChatRead(items, None if proven is None else min(proven, lte), newest)
                 offset += limit
+                limit = min(max(min(limit * 2, MAX_PROBE_PAGE), page_size), ceiling)
                 continue
-            empty = 0
+            empty = probed = 0
+            asked, limit = limit, min(page_size, ceiling)
             added = 0
             for item in page:
                 item_key = message_id_of(item)
@@ -451,7 +465,7 @@ class WahaClient:
                 items.append(item if encode is None else encode(item))
                 added += 1
             stale = _check_stale(stale, added, path, offset)
-            offset += limit
+            offset += asked
 
     # -- the one request path ---------------------------------------------------------------------------------
 

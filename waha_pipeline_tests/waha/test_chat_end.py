@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -59,13 +60,16 @@ async def test_an_all_hidden_page_does_not_end_the_chat(store_server: StoreServe
 
 
 async def test_a_burst_of_hidden_rows_at_the_end_leaves_the_read_unproven(store_server: StoreServer) -> None:
-    """The chat list counts a trailing reaction as the last message; the pages end without reaching it."""
+    """The chat list counts a trailing reaction as the last message; the pages end without reaching it. While the
+    listed time is ahead, probes double in size until they spanned `max_probe_rows` rows (5+10+20+40 < 100 <=
+    5+10+20+40+80), then the read ends proven only to the newest message read."""
     store_server.chats[CHAT] = rows(0, 5) + rows(5, 12, hidden=True)
-    async with client(store_server) as waha:
+    async with client(store_server, max_probe_rows=100) as waha:
         read = await waha.read_chat("default", CHAT, gte=T0, lte=LTE, page_size=5, last_at=T0 + 16)
     assert ids(read.items) == [f"m{i:04d}" for i in range(5)]
     assert read.proven_to == T0 + 4 and not read.complete(LTE)
-    assert [int(p["offset"]) for _, p in store_server.requests] == [0, 5, 10, 15]
+    assert [(int(p["offset"]), int(p["limit"])) for _, p in store_server.requests] == [
+        (0, 5), (5, 5), (10, 10), (20, 20), (40, 40), (80, 80)]
 
 
 async def test_messages_after_the_probes_are_still_read_once_a_probe_finds_one(store_server: StoreServer) -> None:
@@ -74,6 +78,37 @@ async def test_messages_after_the_probes_are_still_read_once_a_probe_finds_one(s
     async with client(store_server) as waha:
         read = await waha.read_chat("default", CHAT, gte=T0, lte=LTE, page_size=5, last_at=T0 + 13)
     assert ids(read.items) == ["m0000", "m0001", "m0012", "m0013"] and read.proven_to == LTE
+
+
+async def test_a_hidden_run_much_longer_than_a_page_costs_requests_logarithmic_in_its_length(
+    store_server: StoreServer,
+) -> None:
+    """1,100 hidden rows between 20 messages and the 3 newest, pages of 7: the probes double until one spans the
+    run, where paging through it would take ~157 pages."""
+    before, run, after, size = 20, 1100, 3, 7
+    store_server.chats[CHAT] = rows(0, before) + rows(before, run, hidden=True) + rows(before + run, after)
+    async with client(store_server) as waha:
+        read = await waha.read_chat("default", CHAT, gte=T0, lte=LTE, page_size=size,
+                                    last_at=T0 + before + run + after - 1)
+    assert ids(read.items) == [f"m{i:04d}" for i in (*range(before), *range(before + run, before + run + after))]
+    assert read.proven_to == LTE
+    data_pages = math.ceil(before / size) + math.ceil(after / size)
+    assert store_server.count("/messages") <= data_pages + math.ceil(math.log2(run / size)) + 2
+
+
+async def test_a_message_at_the_far_end_of_a_probe_is_read_once_and_paging_goes_on_after_the_probe(
+    store_server: StoreServer,
+) -> None:
+    """The probe that finds a message spans 40 rows; paging resumes after those rows, not inside them, so the
+    message is not re-read (three re-reads in a row would look like a server ignoring `offset`)."""
+    store_server.chats[CHAT] = (rows(0, 5) + rows(5, 74, hidden=True) + rows(79, 1) + rows(80, 221, hidden=True)
+                                + rows(301, 1))
+    async with client(store_server) as waha:
+        read = await waha.read_chat("default", CHAT, gte=T0, lte=LTE, page_size=5, last_at=T0 + 301)
+    assert ids(read.items) == ["m0000", "m0001", "m0002", "m0003", "m0004", "m0079", "m0301"]
+    assert read.proven_to == LTE
+    asked = [(int(p["offset"]), int(p["limit"])) for _, p in store_server.requests]
+    assert all(a_off + a_lim <= b_off for (a_off, a_lim), (b_off, _) in zip(asked, asked[1:])), asked
 
 
 async def test_a_chat_listed_as_ended_before_the_range_ends_at_its_first_empty_page(store_server: StoreServer) -> None:
@@ -176,3 +211,4 @@ async def test_a_burst_of_404s_shares_one_session_confirmation(make_client: Call
         sessions = waha.stats().requests_by_kind.get("sessions")
     assert all(isinstance(r, WahaSessionNotFound) for r in results)
     assert sessions == 1
+

@@ -57,7 +57,8 @@ async def test_every_message_exactly_once_through_5xx_and_429(handle: Any) -> No
     chats = busiest(session, 12)
     handle.set_faults(error_rate=0.3, rate_limit_rate=0.1, html_error_rate=0.3, seed=5)
     async with client(handle, retry=FAST_RETRY) as waha:
-        got = await waha.fetch_many("demo", [c.id for c in chats], gte=None, lte=ANCHOR, page_size=3)
+        got = await waha.fetch_many("demo", [c.id for c in chats], gte=None, lte=ANCHOR, page_size=3,
+                                    last_at={c.id: c.listed_timestamp() for c in chats})
         stats = waha.stats()
         breaker = waha.breaker
     for chat in chats:

@@ -256,14 +256,19 @@ async def test_a_server_that_never_answers_is_bounded_per_attempt(make_client: C
 
 
 async def test_a_hanging_message_page_shrinks(make_client: Callable[..., WahaClient]) -> None:
+    """The limit that answered caps the rest of the chat: the probes past the empty page do not grow past it."""
+    limits: list[int] = []
+
     async def handler(request: httpx.Request) -> httpx.Response:
-        if int(request.url.params["limit"]) > 100:
+        limits.append(int(request.url.params["limit"]))
+        if limits[-1] > 100:
             await asyncio.sleep(3600)
         return httpx.Response(200, json=[])
 
     async with make_client(handler, timeouts=WahaTimeouts(connect=0.01, write=0.01, messages_read=0.03)) as waha:
         assert await waha.fetch_messages("default", "1@c.us", gte=None, lte=10, page_size=400) == []
         assert waha.stats().page_shrinks == 2
+    assert limits == [400, 200, 100, 100, 100]
 
 
 # ---------------------------------------------------------------------------------------------------------------
