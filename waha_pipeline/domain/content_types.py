@@ -126,7 +126,7 @@ def _from_message(message: Any) -> str | None:
                 break
             if key == "senderKeyDistributionMessage":
                 key_distribution = True
-            elif key.endswith("Message") and key not in _META_KEYS:
+            elif "Message" in key and key not in _META_KEYS:  # also versioned keys: pollCreationMessageV3
                 return "other"  # poll creation, call, event, buttons...: a message without a stored kind
         if inner is None:
             return PROTOCOL if key_distribution else None

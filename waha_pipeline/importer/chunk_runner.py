@@ -285,8 +285,11 @@ class ChunkRunner:
         """Fetch a chunk within its deadline, so no chunk can hang for minutes whatever WAHA does."""
         chats = stages.raw_chat_list(work)
         # the chat list's last-message time of each chat, when the plan carries it (PlannedChat.last_message_at)
-        last_at = {c.chat_id: getattr(c, "last_message_at", None) for c in work.chats}
-        fetch = client.measured(stages.fetch_messages(client, work, chats, self.page_size, covered, last_at))
+        last_at = {c.chat_id: c.last_message_at for c in work.chats}
+        newest_first = await client.newest_first(work.waha_session)
+        fetch = client.measured(
+            stages.fetch_messages(client, work, chats, self.page_size, covered, last_at, newest_first)
+        )
         try:
             return await asyncio.wait_for(fetch, self.fetch_deadline_seconds)
         except TimeoutError:

@@ -105,14 +105,15 @@ async def fetch_messages(
     page_size: int,
     covered: Mapping[str, Coverage],
     last_at: Mapping[str, int | None] | None = None,
+    newest_first: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every message of every chat in the window that the CRM does not hold yet, raw, as WAHA sent it
     (FETCHED_COLUMNS), and one row per range read with how far it is proven read (READS_COLUMNS): the commit
     extends a chat's coverage only over that (SPEC 8).
 
     `last_at`: each chat's last-message time from the chat list (missing or None = unknown), the evidence that
-    ends a read at an empty page. Chats that need the same ranges are fetched together; a message fetched twice
-    at a seam is deduplicated later.
+    ends a read at an empty page; `newest_first`: the engine pages newest first (no such evidence then). Chats
+    that need the same ranges are fetched together; a message fetched twice at a seam is deduplicated later.
     """
     context = work.context
     window = (context.window_start, context.window_end)
@@ -126,7 +127,7 @@ async def fetch_messages(
         for gte, lte in ranges:
             results = await client.read_many(
                 work.waha_session, chat_ids, gte=gte, lte=lte, page_size=page_size, encode=_json_text,
-                last_at=last_at,
+                last_at=last_at, newest_first=newest_first,
             )
             for chat_id, result in results.items():
                 fetched.setdefault(chat_id, []).extend(result.items)

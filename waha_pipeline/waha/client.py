@@ -58,6 +58,7 @@ STALE_PAGES_LIMIT = 3  # consecutive non-empty pages without a new item: the ser
 PROBE_EMPTY_PAGES = 2  # empty pages asked past an empty one before a chat's read ends without evidence of its end
 MAX_PROBE_ROWS = 50_000  # store rows probed past the last message while the chat list says a later one exists
 MAX_PROBE_PAGE = 8_192  # the largest page a probe asks for
+NEWEST_FIRST_ENGINES = frozenset({"WEBJS", "WPP"})  # browser engines: pages newest first whatever sortOrder asks
 MAX_CHATS = 1_000_000  # a chat list longer than this is taken for a server that never ends its list
 
 
@@ -184,6 +185,7 @@ class WahaClient:
         self._next_pool = itertools.cycle(self._pools)
         self._stats = Recorder()
         self._session_polls: dict[str, _SessionPoll] = {}
+        self._newest_first: dict[str, bool] = {}
         self._session_checks: dict[str, asyncio.Future[SessionInfo]] = {}  # one 404 confirmation per burst
 
     async def __aenter__(self) -> WahaClient:
@@ -277,9 +279,18 @@ class WahaClient:
                                     last_at=last_at)
         return read.items
 
+    async def newest_first(self, session: str) -> bool:
+        """Whether the session's engine pages messages newest first whatever `sortOrder` asks (WEBJS, and the
+        other browser engine WPP): then a read has no end the chat list's last-message time can prove. Asked
+        once per session and client."""
+        if session not in self._newest_first:
+            engine = (await self.get_session(session)).engine or ""
+            self._newest_first[session] = engine.upper() in NEWEST_FIRST_ENGINES
+        return self._newest_first[session]
+
     async def read_chat(
         self, session: str, chat_id: str, *, gte: int | None, lte: int, page_size: int = 500,
-        encode: Callable[[Any], Any] | None = None, last_at: int | None = None,
+        encode: Callable[[Any], Any] | None = None, last_at: int | None = None, newest_first: bool = False,
     ) -> ChatRead:
         """Every message of one chat with `gte <= timestamp <= lte` (gte None = no lower bound), oldest first, and
         how far the read is proven complete (`ChatRead.proven_to`).
@@ -289,7 +300,7 @@ class WahaClient:
         its page arrives (a parsed page is several times the size of its text). Deduplicated by `id` (first
         wins); items without a usable id are kept in order so the domain can reject them. A page that times out
         is re-requested at the same offset with half the limit (down to `min_page_size`), and the smaller limit
-        is kept for the rest of the chat.
+        is kept for the rest of the chat. `newest_first`: the server is known to ignore `sortOrder=asc`.
         """
         path = f"/api/{quote(session, safe='')}/chats/{quote(chat_id, safe='')}/messages"
         base: dict[str, str] = {"downloadMedia": "false", "sortBy": "timestamp", "sortOrder": "asc"}
@@ -297,7 +308,7 @@ class WahaClient:
             base["filter.timestamp.gte"] = str(int(gte))
         base["filter.timestamp.lte"] = str(int(lte))
         return await self._read_pages(path, base, session, chat_id, page_size, gte=gte, lte=lte, last_at=last_at,
-                                      encode=encode)
+                                      encode=encode, newest_first=newest_first)
 
     async def fetch_many(
         self, session: str, chat_ids: Iterable[str], *, gte: int | None, lte: int, page_size: int = 500,
@@ -311,6 +322,7 @@ class WahaClient:
     async def read_many(
         self, session: str, chat_ids: Iterable[str], *, gte: int | None, lte: int, page_size: int = 500,
         encode: Callable[[Any], Any] | None = None, last_at: Mapping[str, int | None] | None = None,
+        newest_first: bool = False,
     ) -> dict[str, ChatRead]:
         """`read_chat` for several chats concurrently (requests bounded by the server's limiter); `last_at` maps
         a chat to its last-message time from the chat list (missing = unknown).
@@ -321,7 +333,7 @@ class WahaClient:
         known = last_at or {}
         tasks = [
             asyncio.ensure_future(self.read_chat(session, c, gte=gte, lte=lte, page_size=page_size, encode=encode,
-                                                 last_at=known.get(c)))
+                                                 last_at=known.get(c), newest_first=newest_first))
             for c in ids
         ]
         try:
@@ -388,6 +400,7 @@ class WahaClient:
         lte: int,
         last_at: int | None,
         encode: Callable[[Any], Any] | None = None,
+        newest_first: bool = False,
     ) -> ChatRead:
         """Offset paging of one chat's messages, oldest first, to its proven end (SPEC 8).
 
@@ -419,7 +432,7 @@ class WahaClient:
         items: list[Any] = []
         newest: int | None = None
         previous: int | None = None
-        ordered = True
+        ordered = not newest_first
         while True:
             params = {**base, "limit": str(limit), "offset": str(offset)}
             can_shrink = limit > self.min_page_size

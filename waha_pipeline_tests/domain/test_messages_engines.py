@@ -327,3 +327,13 @@ def test_every_content_type_is_a_known_one() -> None:
     result = run(*rows, start=None, end=2**40)
     assert len(result.messages) == len(payloads)
     assert set(result.messages["content_type"]) <= CONTENT_TYPES
+
+
+def test_versioned_message_keys_are_real_messages_of_another_kind() -> None:
+    """Baileys (NOWEB) names newer protobuf fields with a version suffix: a poll is `pollCreationMessageV3`
+    (devlikeapro/waha src/core/engines/noweb, Baileys WAProto). It is a message, typed other, never text."""
+    from waha_pipeline.domain.content_types import classify
+
+    poll = {"id": "false_1@c.us_A", "body": "Qual horário prefere?", "hasMedia": False,
+            "_data": {"key": {"id": "A"}, "message": {"pollCreationMessageV3": {"name": "Qual horário prefere?"}}}}
+    assert classify(poll) == "other"
