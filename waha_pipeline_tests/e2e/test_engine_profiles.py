@@ -71,3 +71,55 @@ def test_profile_imports_exactly_and_accounts_for_every_row(env, sim, capsys) ->
     second = snapshot(url)
     assert second["ids"] == first["ids"]
     assert second["message_sessions"] == first["message_sessions"]
+
+
+@pytest.fixture(scope="module")
+def lte_ignoring_sim(anchor: int) -> Iterator[Any]:
+    """A WAHA version that ignores `filter.timestamp.lte` (simulator option; WAHA #2164)."""
+    with run_in_thread(DatasetSpec(seed=29, chats=40, target_messages=200, ignore_lte=True), anchor=anchor) as handle:
+        yield handle
+
+
+def test_rows_stamped_after_the_plan_time_are_counted_and_hold_back_their_chats_coverage(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, pg_url: str, lte_ignoring_sim: Any, anchor: int, capsys
+) -> None:
+    """NOWEB stamped history `fromMe` rows with the request time (WAHA #2139): such a stamp is after the plan
+    time, so the row is skipped (after_plan_time) and the chat's coverage must not advance over a span whose
+    times cannot be trusted; the chat's other messages are imported."""
+    sim = lte_ignoring_sim
+    for name, value in {"WAHA_BASE_URL": sim.base_url, "DATABASE_URL": pg_url,
+                        "DAGSTER_HOME": str(tmp_path / "home")}.items():
+        monkeypatch.setenv(name, value)
+    chat = "5511977770001@c.us"
+    sim.state.add_chat("demo", chat, "Cliente Futuro")
+    good = {"id": f"false_{chat}_GOOD", "timestamp": anchor - 3600, "from": chat, "fromMe": False, "body": "oi"}
+    late = {"id": f"true_{chat}_LATE", "timestamp": anchor + 86_400, "from": chat, "fromMe": True, "body": "ok",
+            "_data": {"key": {"fromMe": True, "id": "LATE"}, "messageTimestamp": anchor + 86_400}}
+    sim.state.serve_raw("demo", chat, good, order_ts=good["timestamp"])
+    sim.state.serve_raw("demo", chat, late, order_ts=late["timestamp"])
+
+    code, out, err = cli(capsys, "import", "demo")
+    assert code == 0, out + err
+    engine = sa.create_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(sa.text("select external_id from messages where chat_id = :c"), {"c": chat}).all()
+            covered = conn.execute(sa.text("select count(*) from chat_coverage where chat_id = :c"),
+                                   {"c": chat}).scalar_one()
+            other = conn.execute(sa.text("select count(*) from chat_coverage where chat_id <> :c"),
+                                 {"c": chat}).scalar_one()
+    finally:
+        engine.dispose()
+    assert [r.external_id for r in stored] == [good["id"]]
+    assert covered == 0 and other > 0
+    assert ledger_skipped_reason(pg_url, latest_plan(pg_url)["id"], "after_plan_time") == 1
+
+
+def ledger_skipped_reason(url: str, plan_id: str, reason: str) -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("select skipped from import_chunks where plan_id = :p"), {"p": plan_id}).all()
+    finally:
+        engine.dispose()
+    return sum((skipped or {}).get(reason, 0) for (skipped,) in rows)
