@@ -13,6 +13,7 @@ dependencies of the project); it reads /proc instead of psutil.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -60,6 +61,7 @@ class Scenario:
     max_concurrent: int | None = None
     seed: int = 7
     rerun: bool = False
+    engine: str = "gows"  # the simulator's WAHA engine profile
     extra: dict = field(default_factory=dict)
 
 
@@ -346,7 +348,7 @@ class Simulator:
         self.log_path = workdir / f"sim-{sc.name}.log"
         self.log = open(self.log_path, "wb")
         cmd = [WAHA, "simulate", "--port", str(self.port), "--seed", str(sc.seed), "--chats", str(sc.chats),
-               "--messages", str(sc.messages), "--session", CHANNEL]
+               "--messages", str(sc.messages), "--session", CHANNEL, "--engine", sc.engine]
         env = {k: v for k, v in os.environ.items() if not k.startswith("WAHA_")}
         env.update(CODE_ENV)
         started = time.monotonic()
@@ -977,6 +979,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="wrap each import in `py-spy record` (if installed) writing collapsed stacks to DIR; "
                          "the figures then include py-spy's overhead")
     ap.add_argument("--out", default=None, help="JSON output path (default bench/results/<timestamp>.json)")
+    ap.add_argument("--engine", default="gows", choices=("gows", "noweb", "webjs"),
+                    help="the simulator's WAHA engine profile for every scenario (default: gows)")
     args = ap.parse_args(argv)
     global WAIT_IDLE_S, PROFILE_DIR
     WAIT_IDLE_S = args.wait_idle
@@ -984,7 +988,8 @@ def main(argv: list[str] | None = None) -> int:
         PROFILE_DIR = Path(args.profile).resolve()
         PROFILE_DIR.mkdir(parents=True, exist_ok=True)
     sizes = [int(x) for x in args.growth_sizes.split(",")] if args.growth_sizes else None
-    scenarios = build_scenarios(args.scenarios, args.quick, sizes)
+    scenarios = [dataclasses.replace(sc, engine=args.engine)
+                 for sc in build_scenarios(args.scenarios, args.quick, sizes)]
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     workdir = Path(tempfile.mkdtemp(prefix=f"waha-bench-{stamp}-"))
