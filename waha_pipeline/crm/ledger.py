@@ -22,6 +22,7 @@ from waha_pipeline.errors import ChunkError
 LAST_ERROR_MAX = 500
 _CHANNEL_LOCK_NAMESPACE = 0x57414841  # "WAHA": first key of the two-key advisory lock; the second is the channel
 _IMPORT_LOCK_NAMESPACE = 0x57414849  # "WAHI": the session-level lock of the process importing a channel
+_IDENTITY_LOCK_NAMESPACE = 0x57414843  # "WAHC": resolving (tenant, session, account) to one channel row
 # What database drivers append to an error's primary message: psycopg the server's LINE (with the SQL text),
 # DETAIL (with row values), HINT, CONTEXT, QUERY, STATEMENT parts; SQLAlchemy the statement and its parameters.
 _SECONDARY_PARTS = re.compile(
@@ -148,6 +149,15 @@ def lock_channel(conn: sa.Connection, channel_id: str) -> None:
     if conn.dialect.name == "postgresql":
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:ns, hashtext(:channel))"),
                      {"ns": _CHANNEL_LOCK_NAMESPACE, "channel": channel_id})
+
+
+def lock_channel_identity(conn: sa.Connection, tenant_id: str, waha_session: str) -> None:
+    """Until the transaction ends, be the only one resolving a channel of (tenant, session): two imports of two
+    WAHA servers' `default` sessions starting together must not both take over the same account-less channel
+    (PostgreSQL; SQLite serializes writers by itself)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:ns, hashtext(:key))"),
+                     {"ns": _IDENTITY_LOCK_NAMESPACE, "key": f"{tenant_id}\x1f{waha_session}"})
 
 
 def fail_pending_chunks(conn: sa.Connection, plan_id: str, chunk_keys: Collection[str], reason: str) -> list[str]:

@@ -13,6 +13,14 @@ class ChannelRecord:
     waha_session: str
     name: str | None
     session_timeout_minutes: int
+    slug: str = ""  # the channel's partition key and chunk key prefix, stored once
+    account: str | None = None  # digits of the session's me.id; None until an import learns it
+    waha_server: str | None = None  # base URL of the WAHA server last imported from, without credentials
+
+    def label(self) -> str:
+        """`slug (account …4321, server)`: how a channel is named when a session name fits several."""
+        account = f"…{self.account[-4:]}" if self.account else "account unknown"
+        return f"{self.slug} ({account}, {self.waha_server or 'server unknown'})"
 
 
 @dataclass(frozen=True)

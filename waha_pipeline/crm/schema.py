@@ -4,6 +4,16 @@ Ids are `UUID_T`: native `uuid` on PostgreSQL, `VARCHAR(36)` holding the canonic
 the Python value is the same `str` from `domain.ids` everywhere and bulk (text) SQL agrees with Core on both.
 Times are `UtcDateTime`: `timestamptz` on PostgreSQL, timezone-aware UTC `datetime` in Python on both backends.
 Production creates these tables through the alembic revisions in `migrations/`, never `create_all`.
+
+A channel is one WhatsApp account on one WAHA server: (tenant, WAHA session name, account).
+
+SPEC 5 keys channels on (tenant_id, waha_session). That is wrong once a tenant runs two WAHA servers: WAHA Core
+allows one session, always named `default`, so two numbers of one company are two servers that both have a
+`default` session. The key is (tenant_id, waha_session, account), `account` being the digits of the session's
+`me.id` (NULL for channels recorded before accounts were stored, until their next import learns it). The server's
+URL is not part of the identity: a channel whose WAHA server moves keeps its rows, and `waha_server` (the base URL
+without credentials, for display only) follows it. `slug` is the channel's partition key and chunk key prefix,
+unique across tenants, stored once and never recomputed.
 """
 
 from __future__ import annotations
@@ -73,11 +83,15 @@ channels = sa.Table(
     _id(primary_key=True),
     _tenant(),
     sa.Column("waha_session", sa.Text, nullable=False),
+    sa.Column("account", sa.Text),
+    sa.Column("waha_server", sa.Text),
+    sa.Column("slug", sa.Text, nullable=False),
     sa.Column("name", sa.Text),
     sa.Column("session_timeout_minutes", sa.Integer, nullable=False, server_default=sa.text("30")),
     _created_at(),
     _updated_at(),
-    sa.UniqueConstraint("tenant_id", "waha_session"),
+    sa.UniqueConstraint("tenant_id", "waha_session", "account"),
+    sa.UniqueConstraint("slug"),
     sa.CheckConstraint("session_timeout_minutes > 0", name="session_timeout_positive"),
 )
 

@@ -27,7 +27,7 @@ from waha_pipeline.crm.schema import (
 from waha_pipeline.domain import ids
 from waha_pipeline.domain.batch import ChunkBatch, conform
 from waha_pipeline.domain.coverage import Coverage
-from waha_pipeline.domain.planning import ChannelPlan, PlannedChat
+from waha_pipeline.domain.planning import ChannelPlan, PlannedChat, channel_slug
 from waha_pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,16 @@ log = logging.getLogger(__name__)
 
 class ImportRunning(PipelineError):
     """Another process holds the channel's import lock: it is importing the channel now."""
+
+
+class AmbiguousChannel(PipelineError):
+    """A WAHA session name that several CRM channels carry (two WAHA servers, or two tenants): name it by slug."""
+
+    def __init__(self, name: str, candidates: list[ChannelRecord]) -> None:
+        self.candidates = candidates
+        listed = "; ".join(c.label() for c in candidates)
+        super().__init__(f"channel {name!r} is ambiguous: {len(candidates)} channels carry that session name "
+                         f"({listed}); name one by its slug")
 
 STORED_MESSAGE_COLUMNS = {"contact_id": "string", "external_id": "string", "sent_at": "int64", "from_me": "bool"}
 
@@ -54,12 +64,79 @@ class CrmStore:
 
     # -- channels -------------------------------------------------------------------------------------------
 
-    def ensure_channel(self, tenant_id: str, waha_session: str, name: str | None) -> ChannelRecord:
-        """Create or refresh the channel (name only); its session timeout setting is never overwritten."""
+    def ensure_channel(
+        self,
+        tenant_id: str,
+        waha_session: str,
+        name: str | None,
+        *,
+        account: str | None = None,
+        waha_server: str | None = None,
+    ) -> ChannelRecord:
+        """The channel of (tenant, session, account), created when new; its name and server follow WAHA, its
+        session timeout setting and its slug never change.
+
+        A channel recorded before accounts were stored (account NULL) is taken over by the first account imported
+        under its (tenant, session): it keeps its id, slug and rows. Without `account` the channel is the
+        account-less one of (tenant, session).
+        """
+        if account is None:
+            return self._ensure_legacy(tenant_id, waha_session, name, waha_server)
+        c = channels.c
+        refresh = {"name": name, "waha_server": waha_server}
+        with self.engine.begin() as conn:
+            ledger.lock_channel_identity(conn, tenant_id, waha_session)
+            found = conn.execute(sa.select(channels).where(
+                c.tenant_id == tenant_id, c.waha_session == waha_session, c.account == account)).first()
+            if found is None:
+                claimed = conn.execute(
+                    sa.update(channels)
+                    .where(c.tenant_id == tenant_id, c.waha_session == waha_session, c.account.is_(None))
+                    .values(account=account, updated_at=sa.func.now())
+                    .returning(c.id)
+                ).first()
+                channel_id = str(claimed.id) if claimed else self._insert_channel(
+                    conn, tenant_id, waha_session, name, account, waha_server)
+            else:
+                channel_id = str(found.id)
+            changed = {k: v for k, v in refresh.items() if v is not None}
+            if changed:
+                conn.execute(
+                    sa.update(channels)
+                    .where(c.id == channel_id,
+                           sa.or_(*(getattr(c, k).is_distinct_from(v) for k, v in changed.items())))
+                    .values(**changed, updated_at=sa.func.now())
+                )
+            row = conn.execute(sa.select(channels).where(c.id == channel_id)).one()
+        return _channel_record(row._mapping)
+
+    @staticmethod
+    def _insert_channel(
+        conn: sa.Connection, tenant_id: str, waha_session: str, name: str | None, account: str, waha_server: str | None
+    ) -> str:
+        """A new channel: its slug is the session's with the account's digest; should another tenant's channel of
+        the same session and account hold it, the tenant goes into the digest too."""
+        channel_id = ids.channel_id(tenant_id, f"{waha_session}\x1f{account}")
+        for slug in (channel_slug(waha_session, account), channel_slug(waha_session, f"{tenant_id}\x1f{account}")):
+            inserted = conn.execute(
+                sql.insert(channels, conn.dialect)
+                .values(id=channel_id, tenant_id=tenant_id, waha_session=waha_session, account=account,
+                        waha_server=waha_server, slug=slug, name=name)
+                .on_conflict_do_nothing()
+                .returning(channels.c.id)
+            ).first()
+            if inserted is not None:
+                return channel_id
+        raise PipelineError(f"channel slug {slug!r} is taken by another channel; cannot record {waha_session!r}")
+
+    def _ensure_legacy(
+        self, tenant_id: str, waha_session: str, name: str | None, waha_server: str | None
+    ) -> ChannelRecord:
         channel_id = ids.channel_id(tenant_id, waha_session)
         with self.engine.begin() as conn:
             stmt = sql.insert(channels, conn.dialect).values(
-                id=channel_id, tenant_id=tenant_id, waha_session=waha_session, name=name
+                id=channel_id, tenant_id=tenant_id, waha_session=waha_session, name=name, waha_server=waha_server,
+                slug=channel_slug(waha_session),
             )
             new_name = sa.func.coalesce(stmt.excluded.name, channels.c.name)
             conn.execute(
@@ -72,21 +149,40 @@ class CrmStore:
             row = conn.execute(sa.select(channels).where(channels.c.id == channel_id)).one()
         return _channel_record(row._mapping)
 
-    def get_channel(self, tenant_id: str, waha_session: str) -> ChannelRecord | None:
-        return self._one_channel(channels.c.tenant_id == tenant_id, channels.c.waha_session == waha_session)
+    def get_channel(self, tenant_id: str, waha_session: str, account: str | None = None) -> ChannelRecord | None:
+        """The channel of (tenant, session, account); `account` None: the one whose account is not known yet."""
+        c = channels.c
+        same_account = c.account.is_(None) if account is None else c.account == account
+        return self._one_channel(c.tenant_id == tenant_id, c.waha_session == waha_session, same_account)
 
     def channel_by_id(self, channel_id: str) -> ChannelRecord | None:
         return self._one_channel(channels.c.id == channel_id)
 
-    def find_channel(self, waha_session: str) -> ChannelRecord | None:
-        """The channel of that WAHA session in any tenant; the most recently updated when several exist."""
-        return self._one_channel(channels.c.waha_session == waha_session)
+    def channel_by_slug(self, slug: str) -> ChannelRecord | None:
+        return self._one_channel(channels.c.slug == slug)
+
+    def channels_matching(self, slug_or_name: str) -> list[ChannelRecord]:
+        """The channel of that slug, else every channel of that WAHA session name (any tenant, any server)."""
+        by_slug = self.channel_by_slug(slug_or_name)
+        if by_slug is not None:
+            return [by_slug]
+        stmt = sa.select(channels).where(channels.c.waha_session == slug_or_name).order_by(channels.c.slug)
+        with self.engine.connect() as conn:
+            return [_channel_record(row._mapping) for row in conn.execute(stmt)]
+
+    def find_channel(self, slug_or_name: str) -> ChannelRecord | None:
+        """The one channel of that slug or session name; AmbiguousChannel when a name fits several (never a guess)."""
+        found = self.channels_matching(slug_or_name)
+        if len(found) > 1:
+            raise AmbiguousChannel(slug_or_name, found)
+        return found[0] if found else None
 
     def _one_channel(self, *where: sa.ColumnElement[bool]) -> ChannelRecord | None:
-        stmt = sa.select(channels).where(*where).order_by(channels.c.updated_at.desc(), channels.c.created_at.desc())
         with self.engine.connect() as conn:
-            row = conn.execute(stmt.limit(1)).first()
-        return None if row is None else _channel_record(row._mapping)
+            row = conn.execute(sa.select(channels).where(*where).limit(2)).all()
+        if len(row) > 1:
+            raise PipelineError("several CRM channels match one identity; the channels table lost its unique key")
+        return _channel_record(row[0]._mapping) if row else None
 
     # -- ledger ---------------------------------------------------------------------------------------------
 
@@ -114,12 +210,16 @@ class CrmStore:
             return ledger.load_chunk(conn, plan_id, chunk_key)
 
     def latest_chunk(self, chunk_key: str) -> tuple[PlanRecord, ChunkRecord, list[PlannedChat]] | None:
-        """The chunk of that key in the most recent plan that has it (a partition key names no plan)."""
+        """The chunk of that key in the most recent plan of the channel whose slug prefixes the key (a partition key
+        names no plan; the slug names exactly one channel, so another channel's plan is never picked)."""
+        slug = chunk_key.rpartition(".")[0]
         with self.engine.connect() as conn:
             plan_id = conn.execute(
                 sa.select(import_plans.c.id)
                 .join(import_chunks, import_chunks.c.plan_id == import_plans.c.id)
-                .where(import_chunks.c.chunk_key == chunk_key)
+                .join(channels, channels.c.id == import_plans.c.channel_id)
+                .where(import_chunks.c.chunk_key == chunk_key, channels.c.slug == slug,
+                       import_plans.c.channel_slug == slug)
                 .order_by(import_plans.c.plan_time.desc(), import_plans.c.created_at.desc())
                 .limit(1)
             ).scalar_one_or_none()
@@ -328,5 +428,8 @@ def _channel_record(m: Any) -> ChannelRecord:
         waha_session=m["waha_session"],
         name=m["name"],
         session_timeout_minutes=m["session_timeout_minutes"],
+        slug=m["slug"],
+        account=m["account"],
+        waha_server=m["waha_server"],
     )
 

@@ -67,18 +67,28 @@ _SLUG_MAX = 60
 _DAY = 86_400
 
 
-def channel_slug(waha_session: str) -> str:
-    """Partition-key-safe name of a WAHA session: `[a-z0-9-]`, at most 60 chars, never empty.
+def channel_slug(waha_session: str, account: str | None = None) -> str:
+    """Partition-key-safe name of a channel: `[a-z0-9-]`, at most 60 chars, never empty, deterministic.
 
-    A session name that is already a valid slug is kept as is. Any lossy mapping (case, punctuation, length)
-    appends `-` + 6 hex chars of sha1(name), so "Acme Sales" and "acme sales!" never share chunk keys.
+    Without `account`: the slug of the session name alone (what channels recorded before the WhatsApp account
+    was part of a channel's identity keep). A session name that is already a valid slug is kept as is; any lossy
+    mapping (case, punctuation, length) appends `-` + 6 hex chars of sha1(name), so "Acme Sales" and
+    "acme sales!" never share chunk keys.
+
+    With `account` (the digits of the session's `me.id`): that slug + `-` + 6 hex chars of sha1(account), so two
+    WAHA servers that both run a session named `default` give their channels different slugs and chunk keys.
     """
     base = re.sub(r"[^a-z0-9]+", "-", waha_session.lower()).strip("-")
     if base == waha_session and 0 < len(base) <= _SLUG_MAX:
-        return base
-    digest = hashlib.sha1(waha_session.encode("utf-8")).hexdigest()[:6]
-    base = base[: _SLUG_MAX - 7].rstrip("-")
-    return f"{base}-{digest}" if base else digest
+        slug = base
+    else:
+        digest = hashlib.sha1(waha_session.encode("utf-8")).hexdigest()[:6]
+        base = base[: _SLUG_MAX - 7].rstrip("-")
+        slug = f"{base}-{digest}" if base else digest
+    if account is None:
+        return slug
+    suffix = hashlib.sha1(account.encode("utf-8")).hexdigest()[:6]
+    return f"{slug[: _SLUG_MAX - 7].rstrip('-')}-{suffix}"
 
 
 def chunk_key(slug: str, index: int) -> str:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 
-from waha_pipeline.crm.store import CrmStore
+from waha_pipeline.crm.store import AmbiguousChannel, CrmStore
+from waha_pipeline.domain.planning import channel_slug
 from waha_pipeline.domain import ids
 from waha_pipeline.errors import ChunkError
 from waha_pipeline_tests.crm.conftest import (
@@ -87,3 +91,41 @@ def test_failed_never_downgrades_committed(store: CrmStore, importer: Importer) 
     assert (chunk.status, chunk.last_error, chunk.attempts) == ("committed", None, 2)
     assert store.committed_chunk_keys(plan_id) == {key}
     assert store.load_chunk(plan_id, other)[0].status == "pending"
+
+
+def test_a_channel_is_tenant_session_and_account(store: CrmStore) -> None:
+    """Two WAHA servers' `default` sessions are two channels of one tenant; a name they share finds neither
+    alone; a server moving to a new URL keeps its channel."""
+    a = store.ensure_channel(TENANT, "default", "Loja A", account="5511911110001", waha_server="http://h:3001")
+    b = store.ensure_channel(TENANT, "default", "Loja B", account="5511922220002", waha_server="http://h:3002")
+    other = store.ensure_channel("beta", "default", "Beta", account="5511933330003", waha_server="http://h:3003")
+    assert len({a.id, b.id, other.id}) == 3 and len({a.slug, b.slug, other.slug}) == 3
+    assert a.slug == channel_slug("default", "5511911110001") and re.fullmatch(r"default-[0-9a-f]{6}", a.slug)
+    assert store.channel_by_slug(b.slug) == b and store.get_channel(TENANT, "default", "5511922220002") == b
+    assert store.find_channel(a.slug) == a
+    with pytest.raises(AmbiguousChannel) as caught:
+        store.find_channel("default")
+    assert {c.slug for c in caught.value.candidates} == {a.slug, b.slug, other.slug}
+    assert "…0002" in str(caught.value) and "http://h:3002" in str(caught.value)
+
+    moved = store.ensure_channel(TENANT, "default", "Loja A", account="5511911110001", waha_server="http://new:9")
+    assert (moved.id, moved.slug, moved.waha_server) == (a.id, a.slug, "http://new:9")
+    # the same account under another tenant is another channel, with a slug of its own
+    twin = store.ensure_channel("beta", "default", "A", account="5511911110001", waha_server="http://h:3001")
+    assert twin.id != a.id and twin.slug not in {a.slug, b.slug, other.slug}
+
+
+def test_a_chunk_key_finds_only_its_channels_plan(store: CrmStore) -> None:
+    """Chunk keys name the channel by its slug: a plan of another channel of the same session name is never
+    picked, however recent."""
+    a = store.ensure_channel(TENANT, "default", None, account="5511911110001")
+    b = store.ensure_channel(TENANT, "default", None, account="5511922220002")
+    chats = planned_chats([phone_contact("4915550001")])
+    for channel, plan_time in ((a, PLAN_TIME), (b, PLAN_TIME + 10)):
+        plan = dataclasses.replace(make_plan(plan_time=plan_time, chats=chats), channel_slug=channel.slug)
+        plan = dataclasses.replace(plan, chunks=tuple(
+            dataclasses.replace(c, key=f"{channel.slug}.c{c.index:04d}") for c in plan.chunks))
+        store.record_plan(TENANT, channel.id, plan, ids.plan_id(channel.id, plan_time))
+    found = store.latest_chunk(f"{a.slug}.c0000")
+    assert found is not None and found[0].channel_id == a.id and found[0].plan_time == PLAN_TIME
+    assert store.latest_chunk("default.c0000") is None
