@@ -20,9 +20,9 @@ import sqlalchemy as sa
 
 from waha_pipeline.cli.report import chunk_table, failure_line, state_counts, up_to_date_note
 from waha_pipeline.crm.ledger import primary_message
-from waha_pipeline.crm.records import ChunkRecord, PlanRecord
+from waha_pipeline.crm.records import ChannelRecord, ChunkRecord, PlanRecord
 from waha_pipeline.crm.migrate import upgrade
-from waha_pipeline.crm.store import CrmStore, ImportRunning
+from waha_pipeline.crm.store import AmbiguousChannel, CrmStore, ImportRunning
 from waha_pipeline.defs.assets import PlanConfig
 from waha_pipeline.defs.launch import (
     INTERRUPTED,
@@ -37,10 +37,13 @@ from waha_pipeline.defs.launch import (
 )
 from waha_pipeline.defs.partitions import CHUNKS
 from waha_pipeline.definitions import build_definitions
-from waha_pipeline.domain.planning import channel_slug
-from waha_pipeline.errors import ConfigError, PipelineError, WahaPermanentError
+from waha_pipeline.errors import ConfigError, PipelineError, WahaPermanentError, WahaSessionNotFound
+from waha_pipeline.importer.planner import (
+    ChannelNotPlannable, account_of, find_session, resolve_channel, session_of_channel,
+)
 from waha_pipeline.settings import Settings
 from waha_pipeline.waha.client import WahaClient
+from waha_pipeline.waha.models import SessionInfo
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -98,10 +101,11 @@ def _store(settings: Settings) -> Iterator[CrmStore]:
 
 
 def import_channel(settings: Settings, args: argparse.Namespace) -> int:
-    asyncio.run(_require_session(settings, args.channel))  # unknown channel: exit 2 before anything is written
+    """The channel is the one whose account the WAHA server at WAHA_BASE_URL reports for the session named (or for
+    the session of the channel whose slug is given)."""
+    session = asyncio.run(_require_session(settings, args.channel))  # unknown name: exit 2 before anything is written
     verbose = bool(getattr(args, "verbose", False))
     defs = build_definitions()
-    slug = channel_slug(args.channel)
     config = PlanConfig(
         days=args.days,
         session_timeout_minutes=args.session_timeout_minutes,
@@ -110,7 +114,9 @@ def import_channel(settings: Settings, args: argparse.Namespace) -> int:
         all_chats=args.all_chats,
     )
     with prepare(settings) as instance, _store(settings) as store, Signals() as signals:
-        with _channel_to_ourselves(store, instance, slug, args.channel):
+        channel = _import_target(settings, store, args.channel, session)
+        slug, handle = channel.slug, _handle(store, channel, args.channel)
+        with _channel_to_ourselves(store, instance, slug, handle):
             try:
                 planned = run_plan(instance, defs, slug, config, settings.require_waha(), verbose=verbose)
             except KeyboardInterrupt:
@@ -120,18 +126,21 @@ def import_channel(settings: Settings, args: argparse.Namespace) -> int:
                                     f"(run `{_import_command(args)}` again)")
             if not planned.success or planned.plan_id is None:
                 raise PipelineError(f"planning channel {args.channel!r} failed: {planned.error}")
+            print(f"channel {channel.label()}")
             print(f"plan {planned.plan_id}: {len(planned.chunk_keys)} chunk(s) for channel {args.channel!r}"
                   + up_to_date_note(planned.up_to_date))
-            return _run_and_report(store, instance, defs, settings, signals, planned.plan_id, args.channel,
+            return _run_and_report(store, instance, defs, settings, signals, planned.plan_id, slug, handle,
                                    planned.chunk_keys, verbose)
 
 
 def status(settings: Settings, args: argparse.Namespace) -> int:
     try:
         with _store(settings) as store:
-            plan = _latest_plan(store, args.channel)
+            channel = _channel(store, args.channel)
+            plan = _latest_plan(store, channel, args.channel)
             chunks = store.plan_chunks(plan.id)
-            holder = store.import_lock_holder(channel_slug(args.channel)) if _pending(chunks) else None
+            holder = store.import_lock_holder(channel.slug) if _pending(chunks) else None
+            handle = _handle(store, channel, args.channel)
     except sa.exc.DBAPIError as exc:
         raise ConfigError(f"DATABASE_URL: cannot read the CRM database: {db_message(exc)}") from exc
     print(chunk_table(chunks))
@@ -140,7 +149,7 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
     if holder is not None:
         print(f"import in progress: {holder}")
     elif _pending(chunks) or counts["failed"]:
-        print(f"re-run the failed and pending chunks with: waha-pipeline rerun-failed {args.channel}")
+        print(f"re-run the failed and pending chunks with: waha-pipeline rerun-failed {handle}")
     return EXIT_OK
 
 
@@ -148,11 +157,12 @@ def rerun_failed(settings: Settings, args: argparse.Namespace) -> int:
     """Failed chunks of the latest plan and its pending ones: with the channel's import lock held here, no other
     CLI process works on them, and no sensor or UI run of the channel is in progress, so pending means stale."""
     verbose = bool(getattr(args, "verbose", False))
-    slug = channel_slug(args.channel)
     with prepare(settings) as instance, _store(settings) as store, Signals() as signals:
-        _latest_plan(store, args.channel)  # an unknown channel is refused before anything else
-        with _channel_to_ourselves(store, instance, slug, args.channel):
-            plan_id = _latest_plan(store, args.channel).id  # read under the lock: no import replaces it meanwhile
+        channel = _channel(store, args.channel)
+        _latest_plan(store, channel, args.channel)  # an unknown channel is refused before anything else
+        slug, handle = channel.slug, _handle(store, channel, args.channel)
+        with _channel_to_ourselves(store, instance, slug, handle):
+            plan_id = _latest_plan(store, channel, args.channel).id  # under the lock: no import replaces it meanwhile
             chunks = store.plan_chunks(plan_id)
             failed = [c.chunk_key for c in chunks if c.status == "failed"]
             pending = _pending(chunks)
@@ -162,7 +172,7 @@ def rerun_failed(settings: Settings, args: argparse.Namespace) -> int:
             print(f"re-running {len(failed)} failed and {len(pending)} pending chunk(s) of plan {plan_id}")
             todo = [c.chunk_key for c in chunks if c.status != "committed"]
             add_partitions(instance, CHUNKS, todo)  # a plan whose planning run was cut short has none yet
-            return _run_and_report(store, instance, build_definitions(), settings, signals, plan_id, args.channel,
+            return _run_and_report(store, instance, build_definitions(), settings, signals, plan_id, slug, handle,
                                    todo, verbose)
 
 
@@ -186,6 +196,7 @@ def _run_and_report(
     settings: Settings,
     signals: Signals,
     plan_id: str,
+    slug: str,
     channel: str,
     chunk_keys: Sequence[str],
     verbose: bool,
@@ -195,7 +206,7 @@ def _run_and_report(
     results: list[dg.ExecuteInProcessResult] = []
     interrupted = False
     try:
-        results = run_chunks(instance, defs, channel_slug(channel), chunk_keys, settings.require_waha(),
+        results = run_chunks(instance, defs, slug, chunk_keys, settings.require_waha(),
                              verbose=verbose, stop=signals)
     except KeyboardInterrupt:
         interrupted = True
@@ -245,20 +256,74 @@ def _import_command(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def _latest_plan(store: CrmStore, channel: str) -> PlanRecord:
-    found = store.find_channel(channel)
-    plan = store.latest_plan(found.id) if found else None
+def _channel(store: CrmStore, slug_or_name: str) -> ChannelRecord:
+    """The one CRM channel of that slug or session name; a name several channels carry is refused (exit 2) with
+    the candidates, never guessed."""
+    try:
+        found = store.find_channel(slug_or_name)
+    except AmbiguousChannel as exc:
+        example = exc.candidates[0].slug
+        raise ConfigError(f"{exc} (e.g. `waha-pipeline status {example}`)") from None
+    if found is None:
+        raise ConfigError(f"unknown channel {slug_or_name!r}: it was never imported "
+                          f"(run `waha-pipeline import {slug_or_name}`)")
+    return found
+
+
+def _handle(store: CrmStore, channel: ChannelRecord, typed: str) -> str:
+    """How commands printed for the user name the channel: as typed while that names it alone, else its slug."""
+    return typed if store.channels_matching(typed) == [channel] else channel.slug
+
+
+def _latest_plan(store: CrmStore, channel: ChannelRecord, typed: str) -> PlanRecord:
+    plan = store.latest_plan(channel.id)
     if plan is None:
-        raise ConfigError(f"unknown channel {channel!r}: it was never imported (run `waha-pipeline import {channel}`)")
+        raise ConfigError(f"unknown channel {typed!r}: it was never imported (run `waha-pipeline import {typed}`)")
+    if plan.channel_slug != channel.slug:
+        raise ConfigError(f"channel {typed!r}: its latest plan was recorded under the slug {plan.channel_slug!r}, "
+                          f"which now names another channel; import it again (`waha-pipeline import {typed}`)")
     return plan
 
 
-async def _require_session(settings: Settings, channel: str) -> None:
-    """The channel must exist and the key must be accepted before anything is written (exit 2 otherwise)."""
+async def _require_session(settings: Settings, typed: str) -> SessionInfo:
+    """The WAHA session of that name on WAHA_BASE_URL, or of the channel with that slug; it must be WORKING (its
+    account decides the channel). Anything else is exit 2 before anything is written."""
     async with WahaClient(settings.require_waha(), api_key=settings.waha_api_key) as client:
         try:
-            await client.get_session(channel)
+            try:
+                session = await client.get_session(typed)
+            except WahaSessionNotFound:  # maybe a slug: of a channel the CRM knows, or one this server's sessions give
+                channel = _stored_channel(settings, typed)
+                session = await (session_of_channel(client, channel) if channel else find_session(client, None, typed))
+            account_of(session)
+        except ChannelNotPlannable as exc:
+            raise ConfigError(str(exc)) from None
+        except WahaSessionNotFound:
+            raise
         except WahaPermanentError as exc:
             if exc.status in (401, 403):
                 raise ConfigError(f"WAHA refused WAHA_API_KEY (HTTP {exc.status})") from None
             raise
+    return session
+
+
+def _stored_channel(settings: Settings, slug: str) -> ChannelRecord | None:
+    """The channel of that slug in a CRM that already has channels with slugs; read only (a bad name creates no
+    schema)."""
+    url = sa.make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and not (url.database and os.path.exists(url.database)):
+        return None  # connecting would create the file
+    try:
+        with _store(settings) as store:
+            return store.channel_by_slug(slug)
+    except (sa.exc.DBAPIError, ConfigError):
+        return None
+
+
+def _import_target(settings: Settings, store: CrmStore, typed: str, session: SessionInfo) -> ChannelRecord:
+    """The CRM channel an import of `typed` fills: (tenant, session, the account WAHA reports for the session)."""
+    channel = resolve_channel(store, session, default_tenant=settings.tenant_id, waha_server=settings.require_waha())
+    if typed != session.name and typed != channel.slug:
+        raise ConfigError(f"channel {typed!r} is not the channel session {session.name!r} fills here "
+                          f"({channel.label()}, tenant {channel.tenant_id!r}); check WAHA_TENANT_ID")
+    return channel

@@ -58,9 +58,10 @@ def channel_plan(context: dg.AssetExecutionContext, config: PlanConfig, waha: Wa
 
     async def plan() -> tuple:
         async with waha.client() as client:
-            session = await find_session(client, context.partition_key)
+            session = await find_session(client, crm.store, context.partition_key)
             return await plan_and_record(
-                client, crm.store, session, request, default_tenant=waha.settings().tenant_id, plan_time=plan_time
+                client, crm.store, session, request, default_tenant=waha.settings().tenant_id, plan_time=plan_time,
+                waha_server=waha.server_url(),
             )
 
     recorded = asyncio.run(plan())

@@ -40,6 +40,10 @@ class WahaResource(dg.ConfigurableResource):
         base_url, api_key = self._endpoint()
         return WahaClient(base_url, api_key=api_key, concurrency=self.resolved_concurrency())
 
+    def server_url(self) -> str:
+        """The base URL of this WAHA server (with whatever credentials it carries: not for display)."""
+        return self._endpoint()[0]
+
     def _endpoint(self) -> tuple[str, str | None]:
         settings = self.settings()
         return self.base_url or settings.require_waha(), settings.waha_api_key

@@ -1,7 +1,7 @@
 """waha_session_sensor: WAHA sessions that reach WORKING are planned, then their chunks are launched as ranged runs.
 
 A sensor cannot wait for a run inside one tick, so every session moves through a small state machine kept in the
-cursor (JSON, one entry per WAHA session name):
+cursor (JSON, one entry per WAHA session name of the watched server, with the slug of the channel it last was):
 
     (new or reconnected) --WORKING--> planning --plan run succeeded--> importing --all chunks committed--> done
                                           \\--plan run failed--> failed      \\--runs over, chunks left--> failed
@@ -23,14 +23,14 @@ from typing import Any
 
 import dagster as dg
 
-from waha_pipeline.crm.records import ChunkRecord
+from waha_pipeline.crm.records import ChannelRecord, ChunkRecord
 from waha_pipeline.defs.assets import MAX_CHUNKS_PER_RUN
 from waha_pipeline.defs.jobs import channel_plan_job, chunk_import_job
 from waha_pipeline.defs.launch import RANGE_END, RANGE_START, contiguous_ranges
 from waha_pipeline.defs.partitions import channel_partitions, chunk_partitions
 from waha_pipeline.defs.resources import CrmResource, WahaResource
 from waha_pipeline.defs.run_tags import run_tags, waha_server_label
-from waha_pipeline.domain.planning import channel_slug
+from waha_pipeline.importer.planner import ChannelNotPlannable, resolve_channel
 from waha_pipeline.waha.models import SessionInfo
 
 WORKING = "WORKING"
@@ -100,8 +100,8 @@ def waha_session_sensor(context: dg.SensorEvaluationContext, waha: WahaResource,
     states = load_cursor(context.cursor)
     outcome = TickOutcome()
     for session in sessions:
-        state = states.setdefault(session.name, SessionState(slug=channel_slug(session.name)))
-        _advance(context.instance, crm, session, state, waha_server_label(base_url), settings.tenant_id, outcome)
+        state = states.setdefault(session.name, SessionState())
+        _advance(context.instance, crm, session, state, base_url, settings.tenant_id, outcome)
     cursor = dump_cursor(states)
     if not outcome.run_requests and not outcome.events:
         if cursor != context.cursor:
@@ -131,11 +131,15 @@ def _advance(
     crm: CrmResource,
     session: SessionInfo,
     state: SessionState,
-    server: str,
+    base_url: str,
     default_tenant: str,
     outcome: TickOutcome,
 ) -> None:
-    """Move one session's state machine forward by at most one step per phase, adding requests to `outcome`."""
+    """Move one session's state machine forward by at most one step per phase, adding requests to `outcome`.
+
+    The channel is (tenant, session name, the account the session reports): when a session comes up with another
+    WhatsApp account than before, it is another channel (another slug), imported from the start."""
+    server = waha_server_label(base_url)
     came_up = session.status == WORKING and state.status != WORKING
     state.status = session.status
     if state.phase == PLANNING:
@@ -146,14 +150,23 @@ def _advance(
         if state.phase is None:
             outcome.notes.append(f"{session.name} is {session.status}, not importing until WORKING")
         return
-    if not came_up or state.phase in IN_FLIGHT or state.phase == DONE:
+    if not came_up or state.phase in IN_FLIGHT:
         return
-    if state.phase is None and _already_imported(crm, session.name):
+    try:
+        channel = resolve_channel(crm.store, session, default_tenant=default_tenant, waha_server=base_url)
+    except ChannelNotPlannable as exc:
+        state.status = None  # look again at the next tick: WORKING without an account yet
+        outcome.notes.append(str(exc))
+        return
+    if channel.slug != state.slug:  # first sight, or another account under this session name: another channel
+        state.slug, state.phase, state.plan_id, state.summary = channel.slug, None, None, {}
+    if state.phase == DONE:
+        return
+    if state.phase is None and _already_imported(crm, channel):
         state.phase = DONE  # imported before this sensor saw it (CLI, or a reset cursor): nothing to do
-        outcome.notes.append(f"{session.name} was already imported")
+        outcome.notes.append(f"{session.name} ({channel.slug}) was already imported")
         return
-    # new session, or reconnected after a failed import: register the channel and plan it
-    crm.store.ensure_channel(session.tenant_id or default_tenant, session.name, session.me_push_name or session.name)
+    # new channel, or reconnected after a failed import: plan it
     state.attempt += 1
     state.phase, state.plan_id, state.summary = PLANNING, None, {}
     outcome.channel_keys.append(state.slug)
@@ -257,9 +270,8 @@ def _over(run: dg.DagsterRun) -> bool:
     return run.is_finished and run.tags.get("dagster/will_retry") != "true"
 
 
-def _already_imported(crm: CrmResource, waha_session: str) -> bool:
-    channel = crm.store.find_channel(waha_session)
-    plan = crm.store.latest_plan(channel.id) if channel else None
+def _already_imported(crm: CrmResource, channel: ChannelRecord) -> bool:
+    plan = crm.store.latest_plan(channel.id)
     if plan is None:
         return False
     chunks = crm.store.plan_chunks(plan.id)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
+import httpx
 import pytest
 from dagster._core.definitions.sensor_definition import SensorExecutionData
 
@@ -28,6 +29,7 @@ from waha_pipeline.defs.run_tags import (
     waha_server_label,
 )
 from waha_pipeline.defs.sensors import REQUEST_TAG, waha_session_sensor
+from waha_pipeline.domain.planning import channel_slug
 from waha_pipeline.simulator.dataset import DatasetSpec, SessionSpec
 from waha_pipeline.simulator.server import run_in_thread
 
@@ -93,6 +95,12 @@ def skipped(result: SensorExecutionData) -> bool:
     return not result.run_requests and not result.asset_events and bool(result.skip_message)
 
 
+def me_digits(sim: object, session: str) -> str:
+    """The digits of the session's `me.id`, as WAHA serves them."""
+    me = httpx.get(f"{sim.base_url}/api/sessions/{session}/me", timeout=10).json()  # type: ignore[attr-defined]
+    return me["id"].split("@")[0]
+
+
 def phases(world: dict) -> dict[str, str | None]:
     return {name: s["phase"] for name, s in json.loads(world["cursor"])["sessions"].items()}
 
@@ -117,13 +125,17 @@ def test_run_tags_bound_runtime_by_chunks_and_retry_crashes_only() -> None:
 def test_working_session_is_planned_then_its_chunks_run_in_ranges(world: dict) -> None:
     first = tick(world)
     [plan_request] = runs_of(first)
-    assert plan_request.job_name == "channel_plan_job" and plan_request.partition_key == "demo"
-    assert plan_request.tags[CHANNEL_TAG] == "demo"
-    assert plan_request.tags[WAHA_SERVER_TAG] == waha_server_label(world["sim"].base_url)
-    assert world["instance"].get_dynamic_partitions("channels") == ["demo"]
-    assert phases(world) == {"demo": "planning", "sales": None}, "SCAN_QR_CODE waits for WORKING"
     channel = world["store"].find_channel("demo")
     assert channel is not None and channel.tenant_id == "default"
+    # the channel is the account WAHA reports for the session: its slug carries the account's digest
+    assert channel.account == me_digits(world["sim"], "demo") and channel.slug == channel_slug("demo", channel.account)
+    assert channel.waha_server == world["sim"].base_url
+    slug = channel.slug
+    assert plan_request.job_name == "channel_plan_job" and plan_request.partition_key == slug
+    assert plan_request.tags[CHANNEL_TAG] == slug
+    assert plan_request.tags[WAHA_SERVER_TAG] == waha_server_label(world["sim"].base_url)
+    assert world["instance"].get_dynamic_partitions("channels") == [slug]
+    assert phases(world) == {"demo": "planning", "sales": None}, "SCAN_QR_CODE waits for WORKING"
 
     # the plan run has not happened yet: nothing new
     assert skipped(tick(world))
@@ -143,7 +155,7 @@ def test_working_session_is_planned_then_its_chunks_run_in_ranges(world: dict) -
         covered += span
     assert covered == keys
     [summary] = second.asset_events
-    assert summary.partition == "demo" and summary.metadata["chunks_pending"].value == len(keys)
+    assert summary.partition == slug and summary.metadata["chunks_pending"].value == len(keys)
 
     # runs launched but not finished: idempotent, no second launch
     assert runs_of(tick(world)) == []
@@ -163,13 +175,14 @@ def test_working_session_is_planned_then_its_chunks_run_in_ranges(world: dict) -
 
 def test_session_waits_for_working_and_takes_its_tenant(world: dict) -> None:
     [demo_plan] = runs_of(tick(world))
-    assert demo_plan.partition_key == "demo"
+    assert demo_plan.partition_key == world["store"].find_channel("demo").slug
     world["sim"].set_status("sales", "STOPPED")
     assert runs_of(tick(world)) == []
     world["sim"].set_status("sales", "WORKING")
     [sales_plan] = runs_of(tick(world))
-    assert sales_plan.partition_key == "sales" and sales_plan.tags[CHANNEL_TAG] == "sales"
-    assert world["store"].find_channel("sales").tenant_id == "acme"
+    sales = world["store"].find_channel("sales")
+    assert sales.tenant_id == "acme" and sales.slug == channel_slug("sales", me_digits(world["sim"], "sales"))
+    assert sales_plan.partition_key == sales.slug and sales_plan.tags[CHANNEL_TAG] == sales.slug
 
 
 def test_reconnect_after_failed_import_plans_again(world: dict) -> None:
@@ -182,7 +195,7 @@ def test_reconnect_after_failed_import_plans_again(world: dict) -> None:
     assert runs_of(tick(world)) == []
     world["sim"].set_status("demo", "WORKING")
     [again] = runs_of(tick(world))
-    assert again.run_key != first.run_key and again.partition_key == "demo"
+    assert again.run_key != first.run_key and again.partition_key == first.partition_key
     assert launch(world, again).success
     assert runs_of(tick(world)), "the new plan's chunks are launched"
 
