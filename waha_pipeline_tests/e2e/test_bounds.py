@@ -103,6 +103,9 @@ def test_a_lock_held_on_the_crm_tables_fails_the_chunks_clearly_then_rerun_is_ex
 ) -> None:
     url = env["DATABASE_URL"]
     monkeypatch.setenv("CRM_LOCK_TIMEOUT_SECONDS", "1")
+    # Commits in the step's own process: chunk worker processes come from a fork server started once per test
+    # process, whose environment is the one it started with.
+    monkeypatch.setenv("IMPORT_WORKERS", "1")
     upgrade(url)
     holder_engine = sa.create_engine(url)
     try:
