@@ -173,7 +173,8 @@ def test_planning_an_endless_chat_list_ends_at_the_deadline_and_records_nothing(
         return True
 
     server.default = page
-    session = SessionInfo(name="demo", status="WORKING", tenant_id=None, me_id=None, me_push_name=None, engine=None)
+    session = SessionInfo(name="demo", status="WORKING", tenant_id=None, me_id="5511900000001@c.us",
+                          me_push_name="Demo", engine=None)
 
     async def scenario() -> str:
         async with server, WahaClient(server.url, concurrency=2) as waha:
