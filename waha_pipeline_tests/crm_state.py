@@ -13,21 +13,27 @@ def _ts(value: datetime | None) -> int | None:
     return None if value is None else int(value.timestamp())
 
 
-def snapshot(url: str) -> dict[str, Any]:
-    """Every row that matters, keyed for comparison, plus the raw ids (for "nothing changed" checks)."""
+def snapshot(url: str, channel_id: str | None = None) -> dict[str, Any]:
+    """Every row that matters, keyed for comparison, plus the raw ids (for "nothing changed" checks). With
+    `channel_id`: that channel's rows, and the contacts its messages belong to."""
+    where = "" if channel_id is None else " where channel_id = :channel"
+    bound = {} if channel_id is None else {"channel": channel_id}
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
             contacts = {r.id: r for r in conn.execute(sa.text("select id, phone, lid, group_id, name from contacts"))}
             messages = conn.execute(sa.text(
                 "select id, contact_id, session_id, chat_id, external_id, from_me, sent_at, content_type, body "
-                "from messages")).all()
+                "from messages" + where), bound).all()
             sessions = conn.execute(sa.text(
                 "select id, contact_id, started_at, ended_at, message_count, messages_from_contact, "
-                "messages_from_agent, status from sessions")).all()
-            rejects = conn.execute(sa.text("select id, chat_id, external_id from message_rejects")).all()
+                "messages_from_agent, status from sessions" + where), bound).all()
+            rejects = conn.execute(sa.text("select id, chat_id, external_id from message_rejects" + where),
+                                   bound).all()
     finally:
         engine.dispose()
+    if channel_id is not None:
+        contacts = {cid: c for cid, c in contacts.items() if cid in {m.contact_id for m in messages}}
 
     def contact_key(contact_id: object) -> tuple:
         c = contacts[contact_id]

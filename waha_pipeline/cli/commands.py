@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -77,7 +78,11 @@ def prepare(settings: Settings) -> dg.DagsterInstance:
         upgrade(settings.database_url)
     except sa.exc.DBAPIError as exc:
         raise ConfigError(f"DATABASE_URL: cannot use the CRM database: {db_message(exc)}") from exc
-    return dg.DagsterInstance.get()
+    # Two imports (e.g. of two WAHA servers) starting together on a new home would both create its SQLite
+    # storages ("table runs already exists"): the first one creates them while the other waits.
+    with (home / ".instance.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return dg.DagsterInstance.get()
 
 
 def db_message(exc: BaseException) -> str:
