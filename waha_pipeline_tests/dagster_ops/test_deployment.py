@@ -29,6 +29,7 @@ import sqlalchemy as sa
 
 from waha_pipeline.crm.migrate import upgrade
 from waha_pipeline.defs.run_tags import CHANNEL_TAG, MAX_RUNTIME_TAG, run_tags
+from waha_pipeline.domain.planning import channel_slug
 from waha_pipeline.importer.stage_plan import STAGES
 from waha_pipeline.simulator.dataset import DatasetSpec, SessionSpec
 from waha_pipeline.simulator.server import run_in_thread
@@ -36,7 +37,7 @@ from waha_pipeline_tests.conftest import temporary_pg_database
 from waha_pipeline_tests.crm_state import assert_matches, snapshot, truth
 from waha_pipeline_tests.dagster_ops.stack import ROOT, Stack, dagster_stack, wait_for
 
-VICTIMS = ["alpha.c0000", "alpha.c0002"]  # not adjacent: a re-run needs two ranges, i.e. two runs of one channel
+VICTIM_CHUNKS = (0, 2)  # of alpha; not adjacent: a re-run needs two ranges, i.e. two runs of one channel
 # The README's image; the test writes it only when asked (WAHA_UPDATE_SCREENSHOT=1), so runs leave the tree clean.
 SCREENSHOT = ROOT / "docs" / "images" / "chunk_partitions.png"
 CHROMIUM = "/usr/bin/chromium"
@@ -67,6 +68,11 @@ def deployment(sim: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
 
 
 # ---------------------------------------------------------------- HELPERS
+
+
+def slug(sim: Any, session: str) -> str:
+    """The channel slug of a simulator session: its name's slug with the digest of the phone it is connected as."""
+    return channel_slug(session, sim.state.dataset.sessions[session].me_phone)
 
 
 def refuse_commits_of(crm_url: str, chunk_keys: list[str]) -> None:
@@ -132,7 +138,7 @@ def overlaps(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a["startTime"] < b["endTime"] and b["startTime"] < a["endTime"]
 
 
-def screenshot_partitions(stack: Stack, path: Path) -> str | None:
+def screenshot_partitions(stack: Stack, path: Path, alpha: str) -> str | None:
     """The partitions page as rendered by Chromium, or None when Playwright or Chromium is not installed (the
     rest of the scenario must still run then, so this is a warning, not a skip)."""
     try:
@@ -148,7 +154,7 @@ def screenshot_partitions(stack: Stack, path: Path) -> str | None:
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(f"{stack.url}/assets/committed_rows?view=partitions", wait_until="networkidle")
-            page.get_by_text("alpha.c0001").first.wait_for(timeout=30_000)
+            page.get_by_text(f"{alpha}.c0001").first.wait_for(timeout=30_000)
             text = page.inner_text("body")
             path.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(path), full_page=False)
@@ -166,6 +172,8 @@ def test_sensor_imports_failed_chunks_rerun_and_runtime_bound(
     stack, crm_url = deployment
     screenshot = SCREENSHOT if os.environ.get("WAHA_UPDATE_SCREENSHOT") == "1" else tmp_path / "partitions.png"
     started = time.monotonic()
+    alpha, beta = slug(sim, "alpha"), slug(sim, "beta")
+    VICTIMS = [f"{alpha}.c{k:04d}" for k in VICTIM_CHUNKS]  # noqa: N806 - the test's constant
     refuse_commits_of(crm_url, VICTIMS)
 
     # 1. the sessions connect; the sensor (on by default) does everything else. WAHA answers in ~1.5 s, so runs
@@ -191,7 +199,7 @@ def test_sensor_imports_failed_chunks_rerun_and_runtime_bound(
     assert {k for e in led.values() for k, s in e["chunks"].items() if s == "failed"} == set(VICTIMS)
 
     # 3. the UI shows it
-    text = screenshot_partitions(stack, screenshot)
+    text = screenshot_partitions(stack, screenshot, alpha)
     if text is None:
         warnings.warn(f"Playwright or {CHROMIUM} missing: the UI screenshot was not checked", stacklevel=1)
     else:
@@ -199,8 +207,8 @@ def test_sensor_imports_failed_chunks_rerun_and_runtime_bound(
 
     # 4. re-run failed chunks only, the documented automation call
     remove_fault(crm_url)
-    failed = sorted(k for k in stack.partitions("committed_rows")["failed"] if k.startswith("alpha."))
-    tags = run_tags("alpha", sim.base_url, len(failed))
+    failed = sorted(k for k in stack.partitions("committed_rows")["failed"] if k.startswith(f"{alpha}."))
+    tags = run_tags(alpha, sim.base_url, len(failed))
     backfill_id = stack.launch_backfill(["committed_rows"], failed, tags)
     wait_for("the re-run backfill", lambda: stack.backfill(backfill_id)["status"].startswith("COMPLETED"),
              timeout=150, interval=2)
@@ -208,13 +216,14 @@ def test_sensor_imports_failed_chunks_rerun_and_runtime_bound(
     ranges = sorted((r["tags"]["dagster/asset_partition_range_start"], r["tags"]["dagster/asset_partition_range_end"])
                     for r in rerun)
     assert ranges == [(k, k) for k in VICTIMS]
-    assert all(r["status"] == "SUCCESS" and r["tags"][CHANNEL_TAG] == "alpha" for r in rerun)
+    assert all(r["status"] == "SUCCESS" and r["tags"][CHANNEL_TAG] == alpha for r in rerun)
     final = stack.partitions("committed_rows")
     assert final["failed"] == set() and final["materialized"] == all_keys
     assert_matches(snapshot(crm_url), expected_crm(sim, ledger(crm_url)))
 
     # runs of one channel never overlap; the two channels did import concurrently
-    by_channel = {c: [r for r in stack.runs(**{CHANNEL_TAG: c}) if r["endTime"]] for c in ("alpha", "beta")}
+    by_channel = {c: [r for r in stack.runs(**{CHANNEL_TAG: s}) if r["endTime"]]
+                  for c, s in (("alpha", alpha), ("beta", beta))}
     for channel, runs in by_channel.items():
         assert len(runs) >= 2, channel
         for i, a in enumerate(runs):
@@ -234,8 +243,8 @@ def test_sensor_imports_failed_chunks_rerun_and_runtime_bound(
     try:
         # no run retry here: a retry (dagster/max_retries=1 re-launches runs that did not fail in a step,
         # timed-out ones included) would re-plan beta once WAHA is fast again and hide the failure
-        slow_tags = {**run_tags("beta", sim.base_url, 0), MAX_RUNTIME_TAG: "3", "dagster/max_retries": "0"}
-        slow_id = stack.launch_backfill(["channel_plan"], ["beta"], slow_tags)
+        slow_tags = {**run_tags(beta, sim.base_url, 0), MAX_RUNTIME_TAG: "3", "dagster/max_retries": "0"}
+        slow_id = stack.launch_backfill(["channel_plan"], [beta], slow_tags)
         wait_for("run monitoring to stop the slow run",
                  lambda: [r for r in stack.runs(**{"dagster/backfill": slow_id}) if r["status"] == "FAILURE"],
                  timeout=120, interval=2)
@@ -243,6 +252,6 @@ def test_sensor_imports_failed_chunks_rerun_and_runtime_bound(
         httpx.post(f"{sim.base_url}/_sim/faults", json={"latency_ms": 0}, timeout=10)
     [slow_run] = stack.runs(**{"dagster/backfill": slow_id})
     assert any("exceeding maximum runtime of 3 seconds" in m for m in stack.run_messages(slow_run["runId"]))
-    assert "beta" in stack.partitions("channel_plan")["failed"]
+    assert beta in stack.partitions("channel_plan")["failed"]
     assert_matches(snapshot(crm_url), expected_crm(sim, ledger(crm_url)))  # nothing half-written
     print(f"imported in {imported_at:.0f} s, whole scenario {time.monotonic() - started:.0f} s")
