@@ -20,7 +20,7 @@ import orjson
 import pandas as pd
 import sqlalchemy as sa
 
-from waha_pipeline.crm import coverage, ledger, sql, staging
+from waha_pipeline.crm import coverage, ledger, names, sql, staging
 from waha_pipeline.crm.records import CommitResult
 from waha_pipeline.crm.schema import UUID_T, channels, contacts, import_plans, message_rejects, messages
 from waha_pipeline.crm.schema import sessions, to_seconds, to_utc
@@ -29,6 +29,7 @@ from waha_pipeline.crm.staging import stage_sessions
 from waha_pipeline.domain import ids
 from waha_pipeline.domain.batch import CONTACT_COLUMNS, MESSAGE_COLUMNS, REJECT_COLUMNS, ChunkBatch, ChunkContext
 from waha_pipeline.domain.batch import conform, empty_frame
+from waha_pipeline.domain.identity import with_learned_phones
 from waha_pipeline.domain.planning import chat_fingerprint
 from waha_pipeline.domain.sessions import assign_sessions
 from waha_pipeline.errors import PipelineError
@@ -156,7 +157,11 @@ def _commit(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
     for channel_id in other_channels:  # a merged lid-only contact also had messages in other channels
         other = _effective_settings(conn, channel_id, settings.plan_time, None)
         _recompute_sessions(conn, ctx.tenant_id, channel_id, sa.select(stage_merges.c.new_id), other)
-    fingerprints = {c.chat_id: chat_fingerprint(c, settings.timeout_minutes) for c in batch.planned_chats}
+    # lid phones learned from messages after planning: the chats' identity as the next plan will see it
+    joined = names.joined_pairs(conn, ctx.tenant_id, batch.planned_chats)
+    names.settle(conn, batch, joined)
+    fingerprints = {c.chat_id: chat_fingerprint(c, settings.timeout_minutes)
+                    for c in with_learned_phones(batch.planned_chats, joined)}
     coverage.extend(conn, ctx, fingerprints, set(message_frame["chat_id"].dropna()),
                     reads=batch.reads, frozen=batch.frozen_chats)
 

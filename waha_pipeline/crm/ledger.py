@@ -99,6 +99,12 @@ def load_chunk(conn: sa.Connection, plan_id: str, chunk_key: str) -> tuple[Chunk
     return _chunk_record(row._mapping), chats
 
 
+def plan_chats(conn: sa.Connection, plan_id: str) -> dict[str, PlannedChat]:
+    """Every chat of the plan, by chat id, as planned."""
+    rows = conn.execute(sa.select(import_chunks.c.chats_detail).where(import_chunks.c.plan_id == plan_id))
+    return {detail["chat_id"]: PlannedChat(**detail) for (details,) in rows for detail in details}
+
+
 def committed_chunk_keys(conn: sa.Connection, plan_id: str) -> set[str]:
     rows = conn.execute(
         sa.select(import_chunks.c.chunk_key).where(

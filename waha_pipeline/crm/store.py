@@ -54,6 +54,7 @@ class CrmStore:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self._plan_chats: tuple[str, dict[str, PlannedChat]] | None = None
 
     @classmethod
     def from_url(cls, url: str | sa.URL) -> CrmStore:
@@ -230,6 +231,14 @@ class CrmStore:
         assert plan is not None
         return plan, chunk, chats
 
+    def plan_chats(self, plan_id: str) -> dict[str, PlannedChat]:
+        """Every chat of a plan by chat id (the latest plan asked for is kept: chunks of one run share it)."""
+        cached = self._plan_chats
+        if cached is None or cached[0] != plan_id:
+            with self.engine.connect() as conn:
+                cached = self._plan_chats = (plan_id, ledger.plan_chats(conn, plan_id))
+        return cached[1]
+
     def committed_chunk_keys(self, plan_id: str) -> set[str]:
         with self.engine.connect() as conn:
             return ledger.committed_chunk_keys(conn, plan_id)
@@ -339,11 +348,16 @@ class CrmStore:
             rows = conn.execute(stmt).all()
         return conform(pd.DataFrame(rows, columns=list(columns)), columns)
 
-    def known_lid_phones(self, tenant_id: str) -> dict[str, str]:
+    def known_lid_phones(
+        self, tenant_id: str, *, phones: Collection[str] | None = None, lids: Collection[str] | None = None
+    ) -> dict[str, str]:
         """lid -> phone of the tenant's contacts that carry both: what earlier imports learned, from WAHA's lid
-        mapping or from phones WAHA gave inside messages, so a plan resolves a lid chat as they did."""
+        mapping or from phones WAHA gave inside messages, so a plan resolves a lid chat as they did. With
+        `phones`/`lids`, only contacts having one of those."""
         c = contacts.c
         stmt = sa.select(c.lid, c.phone).where(c.tenant_id == tenant_id, c.lid.is_not(None), c.phone.is_not(None))
+        if phones is not None or lids is not None:
+            stmt = stmt.where(sa.or_(c.phone.in_(sorted(phones or ())), c.lid.in_(sorted(lids or ()))))
         with self.engine.connect() as conn:
             return {str(lid): str(phone) for lid, phone in conn.execute(stmt)}
 

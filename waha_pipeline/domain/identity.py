@@ -5,8 +5,9 @@ Resolves within the plan only (phone, lid, group id); merging with contacts alre
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import pandas as pd
@@ -37,7 +38,7 @@ def chat_contact_id(tenant_id: str, chat: PlannedChat) -> str:
     return ids.contact_id(tenant_id, phone=chat.phone, lid=chat.lid, group_id=chat.group_id)
 
 
-def _chat_name(chats: Sequence[PlannedChat]) -> str | None:
+def chat_name(chats: Sequence[PlannedChat]) -> str | None:
     """A real chat name, preferring the @c.us chat's (the address-book name) over a @lid chat's."""
     named = [c for c in chats if not is_just_the_number(c.name)]
     named.sort(key=lambda c: (c.kind != "direct", c.chat_id))
@@ -56,7 +57,7 @@ def named_by_push(tenant_id: str, chats: Sequence[PlannedChat]) -> set[str]:
     Only theirs need the stored push names (a query over their whole history)."""
     return {
         cid for cid, group in _members(tenant_id, chats).items()
-        if _chat_name(group) is None and not any(c.group_id for c in group)
+        if chat_name(group) is None and not any(c.group_id for c in group)
     }
 
 
@@ -83,6 +84,40 @@ def _latest_push_names(messages: pd.DataFrame, stored: pd.DataFrame | None = Non
     inbound = pd.concat(frames, ignore_index=True)
     latest = inbound.sort_values(["contact_id", "sent_at", "external_id"]).drop_duplicates("contact_id", keep="last")
     return dict(zip(latest["contact_id"], latest["push_name"], strict=True))
+
+
+def peers_outside(
+    chunk: Sequence[PlannedChat], plan: Mapping[str, PlannedChat], lid_phones: Mapping[str, str]
+) -> tuple[PlannedChat, ...]:
+    """The plan's chats outside the chunk that belong to one of its contacts once `lid_phones` apply.
+
+    A plan keeps a contact's chats in one chunk, but a lid's phone that only messages reveal (SPEC 6.5) joins
+    chats of two chunks: the contact is named from both (a @c.us chat's name wins, SPEC 6.3).
+    """
+    inside = {c.chat_id for c in chunk}
+    phones = {c.phone for c in chunk if c.phone}
+    peers = [plan[f"{p}@c.us"] for p in sorted(phones) if f"{p}@c.us" in plan and f"{p}@c.us" not in inside]
+    for lid, phone in sorted(lid_phones.items()):
+        chat = plan.get(f"{lid}@lid")
+        if phone in phones and chat is not None and chat.chat_id not in inside:
+            peers.append(chat if chat.phone else dataclasses.replace(chat, phone=phone))
+    return tuple(peers)
+
+
+def with_learned_phones(chats: Sequence[PlannedChat], lid_phones: Mapping[str, str]) -> tuple[PlannedChat, ...]:
+    """The chats with the lid/phone pairs learned after planning (from messages, SPEC 6.5) filled in where the
+    plan knew none."""
+    if not lid_phones:
+        return tuple(chats)
+    lid_of = {phone: lid for lid, phone in sorted(lid_phones.items(), reverse=True)}  # smallest lid wins
+    out = []
+    for chat in chats:
+        if chat.kind == "lid" and chat.phone is None and chat.lid in lid_phones:
+            chat = dataclasses.replace(chat, phone=lid_phones[chat.lid])
+        elif chat.kind == "direct" and chat.lid is None and chat.phone in lid_of:
+            chat = dataclasses.replace(chat, lid=lid_of[chat.phone])
+        out.append(chat)
+    return tuple(out)
 
 
 def resolve_contacts(
@@ -119,7 +154,7 @@ def resolve_contacts(
         group = members[cid]
         lids = sorted(c.lid for c in group if c.lid)
         group_id = next((c.group_id for c in group if c.group_id), None)
-        name = _chat_name(group) or (None if group_id else push_names.get(cid))
+        name = chat_name(group) or (None if group_id else push_names.get(cid))
         rows.append(
             {
                 "id": cid,

@@ -25,7 +25,7 @@ from waha_pipeline.domain.batch import (
     empty_frame,
 )
 from waha_pipeline.domain.coverage import Coverage, Read, Span, missing_ranges
-from waha_pipeline.domain.identity import named_by_push, resolve_contacts
+from waha_pipeline.domain.identity import named_by_push, resolve_contacts, with_learned_phones
 from waha_pipeline.domain.messages import map_messages
 from waha_pipeline.domain.planning import PlannedChat
 from waha_pipeline.domain.sessions import assign_sessions
@@ -202,21 +202,6 @@ def skipped_counts(skipped: pd.DataFrame) -> dict[str, int]:
     return {reason: int(rows) for reason, rows in zip(skipped["reason"].tolist(), skipped["rows"].tolist()) if rows}
 
 
-def with_learned_phones(chats: tuple[PlannedChat, ...], lid_phones: Mapping[str, str]) -> tuple[PlannedChat, ...]:
-    """The chats with the lid/phone pairs that messages carry filled in where the plan knew none (SPEC 6.5)."""
-    if not lid_phones:
-        return chats
-    lid_of = {phone: lid for lid, phone in sorted(lid_phones.items(), reverse=True)}  # smallest lid wins
-    out = []
-    for chat in chats:
-        if chat.kind == "lid" and chat.phone is None and chat.lid in lid_phones:
-            chat = dataclasses.replace(chat, phone=lid_phones[chat.lid])
-        elif chat.kind == "direct" and chat.lid is None and chat.phone in lid_of:
-            chat = dataclasses.replace(chat, lid=lid_of[chat.phone])
-        out.append(chat)
-    return tuple(out)
-
-
 def assign(store: CrmStore, work: ChunkWork, resolved: Resolved) -> Assigned:
     """Sessions over stored + new messages of the chunk's contacts, as the commit will recompute them."""
     context = work.context
@@ -255,9 +240,7 @@ def commit(
 
     A chat's coverage grows only over what `reads` proves read (None: nothing is proven) and never for
     `late_chats` (None, from stage files that lack it: no chat's coverage moves). `skipped` None: not known."""
-    contacts = assigned.contacts
-    learned = contacts.dropna(subset=["lid", "phone"])
-    chats = with_learned_phones(work.chats, dict(zip(learned["lid"].tolist(), learned["phone"].tolist(), strict=True)))
+    chats = work.chats
     batch = ChunkBatch(
         context=work.context,
         contacts=assigned.contacts,
@@ -269,5 +252,6 @@ def commit(
         frozen_chats=frozenset(c.chat_id for c in chats) if late_chats is None
         else frozenset(late_chats["chat_id"].tolist()),
         skipped=None if skipped is None else skipped_counts(skipped),
+        plan_chats=lambda: store.plan_chats(work.context.plan_id),
     )
     return store.commit_chunk(batch)

@@ -4,6 +4,7 @@ the latest inbound message -> NULL)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pandas as pd
@@ -185,3 +186,20 @@ def test_contact_ids_depend_on_tenant() -> None:
     a, _ = resolve_contacts([MARIA], msgs, tenant_id="t1")
     b, _ = resolve_contacts([MARIA], msgs, tenant_id="t2")
     assert a["id"].tolist() != b["id"].tolist()
+
+
+def test_peers_outside_are_the_plans_other_chats_of_a_joined_contact() -> None:
+    """A lid whose phone only messages reveal joins a lid chat of one chunk to the phone's chat of another."""
+    from waha_pipeline.domain.identity import chat_name, peers_outside, with_learned_phones
+
+    direct = PlannedChat("5511900000001@c.us", "direct", "Ana Souza", phone="5511900000001", lid=None)
+    lid_chat = PlannedChat("900001@lid", "lid", "Aninha", phone=None, lid="900001")
+    plan = {c.chat_id: c for c in (direct, lid_chat)}
+    learned = {"900001": "5511900000001"}
+    lid_chunk = with_learned_phones((lid_chat,), learned)
+    assert lid_chunk == (dataclasses.replace(lid_chat, phone="5511900000001"),)
+    assert with_learned_phones((direct,), learned) == (dataclasses.replace(direct, lid="900001"),)
+    assert peers_outside(lid_chunk, plan, learned) == (direct,)
+    assert peers_outside((direct,), plan, learned) == (dataclasses.replace(lid_chat, phone="5511900000001"),)
+    assert peers_outside((direct,), plan, {}) == ()
+    assert chat_name([*lid_chunk, *peers_outside(lid_chunk, plan, learned)]) == "Ana Souza"  # the @c.us name wins
