@@ -123,3 +123,27 @@ def ledger_skipped_reason(url: str, plan_id: str, reason: str) -> int:
     finally:
         engine.dispose()
     return sum((skipped or {}).get(reason, 0) for (skipped,) in rows)
+
+
+@pytest.fixture(params=[(42, 70, 400), (23, 120, 600)], scope="module")
+def joined_sim(request: pytest.FixtureRequest, anchor: int) -> Iterator[Any]:
+    """Datasets with lid chats whose phone only their messages give (GOWS `Info.SenderAlt`)."""
+    seed, chats, messages = request.param
+    with run_in_thread(DatasetSpec(seed=seed, chats=chats, target_messages=messages), anchor=anchor) as handle:
+        yield handle
+
+
+def test_contacts_joined_across_chunks_by_phones_in_messages_are_exact(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, pg_url: str, joined_sim: Any, capsys
+) -> None:
+    """Small chunks put a lid chat and its phone's chat in different chunks that resolve at the same time on two
+    workers: the contact (identity, name, sessions) must still be the one a clean import gives, twice over."""
+    for name, value in {"WAHA_BASE_URL": joined_sim.base_url, "DATABASE_URL": pg_url,
+                        "DAGSTER_HOME": str(tmp_path / "home")}.items():
+        monkeypatch.setenv(name, value)
+    joined = [c for c in joined_sim.state.dataset.sessions["demo"].chats if c.kind == "lid_alt"]
+    assert joined, "the dataset must hold lid chats whose phone only messages give"
+    for _ in range(2):
+        code, out, err = cli(capsys, "import", "demo", "--days", "0", "--chunk-size", "10")
+        assert code == 0, out + err
+        assert_matches(snapshot(pg_url), expected(joined_sim, pg_url))
