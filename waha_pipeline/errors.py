@@ -72,3 +72,7 @@ class WahaChatNotFound(WahaPermanentError):
 
 class ChunkError(PipelineError):
     """A chunk failed; the message is the one-line reason shown in Dagster and `status`."""
+
+
+class ChunkTooLarge(ChunkError):
+    """A chunk's fetched messages passed IMPORT_CHUNK_MAX_MB: retrying cannot shrink them."""

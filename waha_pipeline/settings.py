@@ -24,6 +24,7 @@ DEFAULT_MAX_RESPONSE_MB = 64.0  # a WAHA page of 2,000 chats or 500 messages is 
 DEFAULT_PLAN_DEADLINE_S = 300.0  # listing chats and lids of a channel, retries included
 DEFAULT_CRM_LOCK_TIMEOUT_S = 60.0  # one wait for a lock inside a chunk's commit
 DEFAULT_CRM_STATEMENT_TIMEOUT_S = 300.0  # one statement of a chunk's commit
+DEFAULT_CHUNK_MAX_MB = 1024.0  # the messages one chunk holds as fetched JSON text (a seed channel is ~4 MB)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Settings:
     waha_plan_deadline_seconds: float = DEFAULT_PLAN_DEADLINE_S
     crm_lock_timeout_seconds: float = DEFAULT_CRM_LOCK_TIMEOUT_S
     crm_statement_timeout_seconds: float = DEFAULT_CRM_STATEMENT_TIMEOUT_S
+    chunk_max_mb: float = DEFAULT_CHUNK_MAX_MB
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -57,6 +59,7 @@ class Settings:
             waha_plan_deadline_seconds=plan_deadline_seconds(env),
             crm_lock_timeout_seconds=crm_timeouts(env)[0],
             crm_statement_timeout_seconds=crm_timeouts(env)[1],
+            chunk_max_mb=_positive_number(env, "IMPORT_CHUNK_MAX_MB", DEFAULT_CHUNK_MAX_MB),
         )
 
     @property

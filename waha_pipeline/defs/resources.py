@@ -12,7 +12,7 @@ from waha_pipeline.crm.migrate import upgrade
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.importer.stage_store import StageStore
 from waha_pipeline.importer.workers import RunnerSpec
-from waha_pipeline.settings import Settings, chunk_workers
+from waha_pipeline.settings import MB, Settings, chunk_workers
 from waha_pipeline.waha.client import WahaClient
 
 
@@ -67,6 +67,7 @@ class WahaResource(dg.ConfigurableResource):
             # work overlaps too, and one ahead is faster and leaner (bench scale, 2 workers: 149 s / 611 MB tree PSS
             # with 1 ahead, 162 s / 659 MB with 2, 158 s / 633 MB with none).
             prefetch=2 if workers == 1 else 1,
+            max_chunk_bytes=int(self.settings().chunk_max_mb * MB),
         )
 
 

@@ -85,6 +85,7 @@ class ChunkRunner:
         page_size: int = 500,
         prefetch: int = 2,
         fetch_deadline_seconds: float = 600.0,
+        max_chunk_bytes: int | None = None,
     ) -> None:
         self.store = store
         self.stage_store = stage_store
@@ -92,6 +93,7 @@ class ChunkRunner:
         self.page_size = page_size
         self.prefetch = max(0, prefetch)
         self.fetch_deadline_seconds = fetch_deadline_seconds
+        self.max_chunk_bytes = max_chunk_bytes
 
     def run(
         self, chunk_keys: Iterable[str], selected: set[str], *, skip_committed: bool = False
@@ -288,7 +290,8 @@ class ChunkRunner:
         last_at = {c.chat_id: c.last_message_at for c in work.chats}
         newest_first = await client.newest_first(work.waha_session)
         fetch = client.measured(
-            stages.fetch_messages(client, work, chats, self.page_size, covered, last_at, newest_first)
+            stages.fetch_messages(client, work, chats, self.page_size, covered, last_at, newest_first,
+                                  max_bytes=self.max_chunk_bytes)
         )
         try:
             return await asyncio.wait_for(fetch, self.fetch_deadline_seconds)

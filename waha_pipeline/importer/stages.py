@@ -29,7 +29,8 @@ from waha_pipeline.domain.identity import named_by_push, resolve_contacts, with_
 from waha_pipeline.domain.messages import map_messages
 from waha_pipeline.domain.planning import PlannedChat
 from waha_pipeline.domain.sessions import assign_sessions
-from waha_pipeline.errors import ChunkError
+from waha_pipeline.errors import ChunkError, ChunkTooLarge
+from waha_pipeline.settings import MB
 from waha_pipeline.waha.client import WahaClient
 
 CHAT_COLUMNS: dict[str, str] = {
@@ -106,6 +107,8 @@ async def fetch_messages(
     covered: Mapping[str, Coverage],
     last_at: Mapping[str, int | None] | None = None,
     newest_first: bool = False,
+    *,
+    max_bytes: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every message of every chat in the window that the CRM does not hold yet, raw, as WAHA sent it
     (FETCHED_COLUMNS), and one row per range read with how far it is proven read (READS_COLUMNS): the commit
@@ -114,6 +117,8 @@ async def fetch_messages(
     `last_at`: each chat's last-message time from the chat list (missing or None = unknown), the evidence that
     ends a read at an empty page; `newest_first`: the engine pages newest first (no such evidence then). Chats
     that need the same ranges are fetched together; a message fetched twice at a seam is deduplicated later.
+    More than `max_bytes` of fetched JSON text fails the chunk (ChunkTooLarge, naming the chat that passed it)
+    before the process runs out of memory.
     """
     context = work.context
     window = (context.window_start, context.window_end)
@@ -123,10 +128,11 @@ async def fetch_messages(
         by_ranges.setdefault(tuple(missing_ranges(window, known.span if known else None)), []).append(chat_id)
     fetched: dict[str, list[str]] = {}
     reads: list[tuple[str, int | None, int, int | None]] = []
+    encode = _json_text if max_bytes is None else _Budget(context.chunk_key, max_bytes, chats["chat_id"].tolist())
     for ranges, chat_ids in by_ranges.items():
         for gte, lte in ranges:
             results = await client.read_many(
-                work.waha_session, chat_ids, gte=gte, lte=lte, page_size=page_size, encode=_json_text,
+                work.waha_session, chat_ids, gte=gte, lte=lte, page_size=page_size, encode=encode,
                 last_at=last_at, newest_first=newest_first,
             )
             for chat_id, result in results.items():
@@ -162,6 +168,31 @@ def proven_reads(frame: pd.DataFrame | None) -> dict[str, list[Read]]:
 
 def _json_text(item: object) -> str:
     return orjson.dumps(item).decode()
+
+
+class _Budget:
+    """`_json_text` that counts what the chunk holds and stops it past `max_bytes` (SPEC 6.8: a failure of the
+    chunk, naming the chat, never of the process)."""
+
+    def __init__(self, chunk_key: str, max_bytes: int, chat_ids: list[str]) -> None:
+        self.chunk_key, self.max_bytes, self.chat_ids, self.used = chunk_key, max_bytes, chat_ids, 0
+
+    def __call__(self, item: object) -> str:
+        text = orjson.dumps(item).decode()
+        self.used += len(text)
+        if self.used > self.max_bytes:
+            raise ChunkTooLarge(f"chunk {self.chunk_key}: its messages passed {self.max_bytes / MB:g} MB "
+                                f"(IMPORT_CHUNK_MAX_MB) while chat {self._chat_of(item)} was read; "
+                                "a smaller --chunk-size or a larger IMPORT_CHUNK_MAX_MB imports it")
+        return text
+
+    def _chat_of(self, item: object) -> str:
+        """WAHA message ids embed their chat: `{fromMe}_{chat}_{id}`."""
+        message_id = item.get("id") if isinstance(item, dict) else None
+        if isinstance(message_id, dict):
+            message_id = message_id.get("_serialized")
+        found = [c for c in self.chat_ids if isinstance(message_id, str) and f"_{c}_" in message_id]
+        return found[0] if found else "(unknown)"
 
 
 def resolve(

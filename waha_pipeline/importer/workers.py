@@ -47,6 +47,7 @@ class RunnerSpec:
     page_size: int
     fetch_deadline_seconds: float
     prefetch: int  # chunks fetched ahead of the one being worked on
+    max_chunk_bytes: int  # fetched JSON text one chunk may hold (IMPORT_CHUNK_MAX_MB)
 
     def runner(self, store: CrmStore | None = None) -> ChunkRunner:
         """A runner on `store`, or on a store of its own (a worker process)."""
@@ -57,6 +58,7 @@ class RunnerSpec:
             page_size=self.page_size,
             fetch_deadline_seconds=self.fetch_deadline_seconds,
             prefetch=self.prefetch,
+            max_chunk_bytes=self.max_chunk_bytes,
         )
 
     def client(self) -> WahaClient:

@@ -138,7 +138,7 @@ def test_workers_failing_outside_any_chunk_fail_the_step_with_their_reason(env, 
     spec = RunnerSpec(
         database_url=url.render_as_string(hide_password=False), stage_root=str(tmp_path),
         waha_base_url=env["WAHA_BASE_URL"], waha_api_key="k3y-secret", waha_concurrency=2, page_size=100,
-        fetch_deadline_seconds=30, prefetch=1,
+        fetch_deadline_seconds=30, prefetch=1, max_chunk_bytes=1 << 30,
     )
     store = CrmStore.from_url(env["DATABASE_URL"])
     try:
