@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import dagster as dg
 import sqlalchemy as sa
 
-from waha_pipeline.cli.report import chunk_table, failure_line, state_counts, up_to_date_note
+from waha_pipeline.cli.report import chunk_table, failure_line, skipped_line, state_counts, up_to_date_note
 from waha_pipeline.crm.ledger import primary_message
 from waha_pipeline.crm.records import ChannelRecord, ChunkRecord, PlanRecord
 from waha_pipeline.crm.migrate import upgrade
@@ -151,6 +151,8 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
     print(chunk_table(chunks))
     counts = state_counts(chunks)
     print(", ".join(f"{n} {state}" for state, n in counts.items()) + up_to_date_note(plan.skipped.get("up_to_date", 0)))
+    if (skipped := skipped_line(chunks)) is not None:
+        print(skipped)
     if holder is not None:
         print(f"import in progress: {holder}")
     elif _pending(chunks) or counts["failed"]:

@@ -11,20 +11,35 @@ class ChunkLine(Protocol):
     status: str
     chats: int | None
     messages: int | None
+    rejects: int | None
+    skipped: dict[str, int] | None
     last_error: str | None
 
 
 def chunk_table(chunks: Sequence[ChunkLine], *, errors: bool = True) -> str:
     """One line per chunk; `errors=False` leaves the last error out (the import report prints each failure once,
     in its own line with the stage, see failure_line)."""
-    rows = [("chunk", "state", "chats", "messages", "last error" if errors else "")]
+    rows = [("chunk", "state", "chats", "messages", "rejects", "skipped", "last error" if errors else "")]
     for c in chunks:
         error = (c.last_error or "") if errors else ""
-        rows.append((c.chunk_key, c.status, str(c.chats or 0), str(c.messages or 0), error))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        skipped = "-" if c.skipped is None else str(sum(c.skipped.values()))
+        rows.append((c.chunk_key, c.status, str(c.chats or 0), str(c.messages or 0), str(c.rejects or 0), skipped,
+                     error))
+    last = len(rows[0]) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(last)]
     return "\n".join(
-        "  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)).rstrip() for row in rows
+        "  ".join(cell.ljust(widths[i]) if i < last else cell for i, cell in enumerate(row)).rstrip() for row in rows
     )
+
+
+def skipped_line(chunks: Sequence[ChunkLine]) -> str | None:
+    """The rows WAHA served that the committed chunks neither stored nor rejected, by reason (SPEC 6.5, 6.8)."""
+    total: dict[str, int] = {}
+    for c in chunks:
+        for reason, n in (c.skipped or {}).items():
+            total[reason] = total.get(reason, 0) + n
+    shown = [f"{reason} {n}" for reason, n in sorted(total.items()) if n]
+    return "skipped rows: " + ", ".join(shown) if shown else None
 
 
 def failure_line(chunk_key: str, status: str, stage: str | None, reason: str | None) -> str:

@@ -275,4 +275,5 @@ def _chunk_record(m: Any) -> ChunkRecord:
         last_error=m["last_error"],
         committed_at=m["committed_at"],
         updated_at=m["updated_at"],
+        skipped=m["skipped"],
     )

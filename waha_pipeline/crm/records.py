@@ -69,3 +69,4 @@ class ChunkRecord:
     last_error: str | None
     committed_at: dt.datetime | None
     updated_at: dt.datetime | None
+    skipped: dict[str, int] | None = None  # rows served that are neither messages nor rejects, by reason

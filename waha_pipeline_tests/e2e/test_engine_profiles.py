@@ -65,6 +65,9 @@ def test_profile_imports_exactly_and_accounts_for_every_row(env, sim, capsys) ->
                      plan_time=plan["plan_time"])
     served = Counter({reason: n for reason, n in want["skipped_messages"].items() if n})
     assert ledger_skipped(url, plan["id"]) == served
+    code, out, _ = cli(capsys, "status", "demo")
+    line = next((line for line in out.splitlines() if line.startswith("skipped rows: ")), "")
+    assert all(f"{reason} {n}" in line for reason, n in served.items()), (line, served)
 
     code, out, err = cli(capsys, "import", "demo")
     assert code == 0, out + err
