@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -28,6 +30,12 @@ from waha_pipeline.domain.batch import (
     empty_frame,
 )
 from waha_pipeline.domain.planning import ChannelPlan, ChunkPlan, PlannedChat
+from waha_pipeline.importer.background_loop import BackgroundLoop
+from waha_pipeline.importer.chunk_runner import ChunkRunner
+from waha_pipeline.importer.stage_plan import STAGES
+from waha_pipeline.importer.stage_store import StageStore
+from waha_pipeline.waha.client import WahaClient
+from waha_pipeline.waha.limiter import ServerLimiter
 
 CRM_PG_ADMIN_URL = os.environ.get("WAHA_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -220,3 +228,26 @@ def snapshot(store: CrmStore) -> dict[str, list[tuple[object, ...]]]:
             rows = conn.execute(sa.select(*cols)).all()
             out[table.name] = sorted((tuple(str(v) for v in row) for row in rows))
     return out
+
+
+def run_single_chat_chunks(
+    store: CrmStore, importer: Importer, tmp_path: Path, phones: list[str], server: Any, **runner: Any
+) -> tuple[str, list[Any]]:
+    """Record a plan of one direct chat per chunk (one day before PLAN_TIME) and run every chunk through a
+    ChunkRunner against `server` (waha conftest's StoreServer, serving those chats): (plan id, the events)."""
+    chats = [PlannedChat(f"{p}@c.us", "direct", None, phone=p, lid=None) for p in phones]
+    plan = ChannelPlan(
+        waha_session=SESSION, channel_slug=SESSION, plan_time=PLAN_TIME, window_start=PLAN_TIME - 86400,
+        window_end=PLAN_TIME, days=1, chunk_size=1, session_timeout_minutes=30, include_groups=False,
+        chunks=tuple(ChunkPlan(f"{SESSION}.c{k:04d}", k, (chat,)) for k, chat in enumerate(chats)),
+    )
+    plan_id = ids.plan_id(importer.channel_id, PLAN_TIME)
+    store.record_plan(TENANT, importer.channel_id, plan, plan_id)
+    with BackgroundLoop() as serving:
+        serving.run(server.__aenter__())
+        try:
+            chunk_runner = ChunkRunner(store, StageStore(tmp_path), lambda: WahaClient(
+                server.base_url, limiter=ServerLimiter(server.base_url, concurrency=4)), **runner)
+            return plan_id, list(chunk_runner.run([c.key for c in plan.chunks], set(STAGES)))
+        finally:
+            serving.run(server.__aexit__())
