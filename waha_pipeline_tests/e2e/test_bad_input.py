@@ -238,3 +238,19 @@ def test_invalid_configuration_exits_2_with_one_line_and_writes_nothing(
     tables = sa.inspect(sa.create_engine(env["DATABASE_URL"])).get_table_names()
     assert tables == [], f"{case}: nothing may be written, found tables {tables}"
     assert sim.stats()["messages"] == 0
+
+
+@pytest.mark.parametrize("wrong", ["database", "port"])
+def test_an_unreachable_crm_exits_2_with_one_line_and_no_secret(wrong: str, env, sim, capsys, monkeypatch) -> None:
+    """A wrong database name or port is a configuration error: one line naming DATABASE_URL, exit 2, the password
+    nowhere, nothing written to the real database."""
+    url = sa.make_url(env["DATABASE_URL"]).set(password="s3cret-pw")
+    url = url.set(database="waha_no_such_db") if wrong == "database" else url.set(port=1)
+    monkeypatch.setenv("DATABASE_URL", url.render_as_string(hide_password=False))
+    code, out, err = cli(capsys, "import", "demo", "--days", "0")
+    assert code == 2, (out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "DATABASE_URL" in lines[0], err
+    assert "s3cret-pw" not in out + err
+    no_traceback(out, err)
+    assert sa.inspect(sa.create_engine(env["DATABASE_URL"])).get_table_names() == []
