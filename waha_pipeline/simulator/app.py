@@ -383,7 +383,7 @@ def create_app(state: SimulatorState) -> Starlette:
         """The store's window sliced by limit/offset FIRST, then the rows the engine drops (GOWS/NOWEB reactions,
         poll votes, protocol rows; WEBJS rows `result.filter(Boolean)` removes) left out: a page can be short or
         empty while later offsets still hold messages. WEBJS sorts newest-first whatever sortOrder says
-        (WebjsClientCore.getMessages) and omits `timestamp` when `filter.timestamp.gte` is sent (#2024)."""
+        (WebjsClientCore.getMessages) and omits `timestamp` when `filter.timestamp.gte` is sent (WAHA issue #2024)."""
         name = request.path_params["session"]
         if (err := running(name)) is not None:
             return err

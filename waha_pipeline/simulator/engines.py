@@ -141,7 +141,7 @@ def encode_noweb(f: dict) -> tuple[bytes, bytes | None]:
 
 def encode_webjs(f: dict, *, legacy: bool) -> tuple[bytes, bytes | None]:
     """WEBJS WAMessage: whatsapp-web.js Message fields + `_data` = rawData. Second encoding: the same without
-    top-level `timestamp`, served when the request has `filter.timestamp.gte` (issue #2024)."""
+    top-level `timestamp`, served when the request has `filter.timestamp.gte` (WAHA issue #2024)."""
     chat_id, from_me, ts, me_jid = f["chat_id"], f["from_me"], f["ts"], f["me_jid"]
     participant, ctype, body, quirk = f["participant"], f["ctype"], f["body"], f.get("quirk")
     wtype = _WEBJS_TYPE[ctype]

@@ -97,7 +97,7 @@ def long(n: int, unsigned: bool = False) -> dict[str, Any]:
 
 ISO_T = int(datetime(2025, 10, 15, 14, 55, 23, tzinfo=UTC).timestamp())
 TIME_CASES = [
-    # issue #2024: WEBJS drops `timestamp` when filter.timestamp.gte is sent; `_data.t` keeps it
+    # WAHA issue #2024: WEBJS drops `timestamp` when filter.timestamp.gte is sent; `_data.t` keeps it
     ("webjs no timestamp, _data.t", webjs(ts=...), T),
     ("webjs null timestamp, _data.t", webjs(ts=None), T),
     ("webjs bad timestamp, _data.t", webjs(ts="abc"), T),
@@ -305,7 +305,7 @@ def test_lid_phones_come_from_messages_outside_the_window_too() -> None:
 WINDOW_CASES = [
     ("before the window", T - 86_401, "outside_window", False),
     ("after the plan time", PLAN + 1, "after_plan_time", True),
-    # issue #2139: NOWEB 2026.6 stamped history fromMe messages with the request time in both fields
+    # WAHA issue #2139: NOWEB 2026.6 stamped history fromMe messages with the request time in both fields
     ("noweb stamped with the fetch time", PLAN + 420, "after_plan_time", True),
 ]
 
