@@ -56,15 +56,23 @@ class Settings:
             waha_page_size=_positive_int(env, "WAHA_PAGE_SIZE", 500),
             import_workers=_positive_int(env, "IMPORT_WORKERS", 2),
             waha_max_response_mb=_positive_number(env, "WAHA_MAX_RESPONSE_MB", DEFAULT_MAX_RESPONSE_MB),
-            waha_plan_deadline_seconds=plan_deadline_seconds(env),
-            crm_lock_timeout_seconds=crm_timeouts(env)[0],
-            crm_statement_timeout_seconds=crm_timeouts(env)[1],
+            waha_plan_deadline_seconds=_positive_number(env, "WAHA_PLAN_DEADLINE_SECONDS", DEFAULT_PLAN_DEADLINE_S),
+            crm_lock_timeout_seconds=_positive_number(env, "CRM_LOCK_TIMEOUT_SECONDS", DEFAULT_CRM_LOCK_TIMEOUT_S),
+            crm_statement_timeout_seconds=_positive_number(env, "CRM_STATEMENT_TIMEOUT_SECONDS",
+                                                           DEFAULT_CRM_STATEMENT_TIMEOUT_S),
             chunk_max_mb=_positive_number(env, "IMPORT_CHUNK_MAX_MB", DEFAULT_CHUNK_MAX_MB),
         )
 
     @property
     def waha_max_response_bytes(self) -> int:
+        """The most one WAHA response body may hold (wire or decoded)."""
         return int(self.waha_max_response_mb * MB)
+
+    @property
+    def crm_commit_timeouts(self) -> tuple[float, float]:
+        """(lock, statement) seconds of a chunk's commit on PostgreSQL: a lock never released or a runaway statement
+        fails the chunk instead of hanging it."""
+        return self.crm_lock_timeout_seconds, self.crm_statement_timeout_seconds
 
     @property
     def chunk_workers(self) -> int:
@@ -77,26 +85,6 @@ class Settings:
 
 
 MB = 1024 * 1024
-
-
-def max_response_bytes(env: Mapping[str, str] | None = None) -> int:
-    """WAHA_MAX_RESPONSE_MB in bytes: the most one WAHA response body may hold (wire or decoded)."""
-    env = os.environ if env is None else env
-    return int(_positive_number(env, "WAHA_MAX_RESPONSE_MB", DEFAULT_MAX_RESPONSE_MB) * MB)
-
-
-def plan_deadline_seconds(env: Mapping[str, str] | None = None) -> float:
-    """WAHA_PLAN_DEADLINE_SECONDS: the most a plan may spend listing a channel's chats and lids."""
-    env = os.environ if env is None else env
-    return _positive_number(env, "WAHA_PLAN_DEADLINE_SECONDS", DEFAULT_PLAN_DEADLINE_S)
-
-
-def crm_timeouts(env: Mapping[str, str] | None = None) -> tuple[float, float]:
-    """(CRM_LOCK_TIMEOUT_SECONDS, CRM_STATEMENT_TIMEOUT_SECONDS): PostgreSQL's lock and statement timeouts of a
-    chunk's commit, so a lock never released or a runaway statement fails the chunk instead of hanging it."""
-    env = os.environ if env is None else env
-    return (_positive_number(env, "CRM_LOCK_TIMEOUT_SECONDS", DEFAULT_CRM_LOCK_TIMEOUT_S),
-            _positive_number(env, "CRM_STATEMENT_TIMEOUT_SECONDS", DEFAULT_CRM_STATEMENT_TIMEOUT_S))
 
 
 def chunk_workers(import_workers: int, database_url: str) -> int:
@@ -180,7 +168,4 @@ def _positive_number(env: Mapping[str, str], name: str, default: float) -> float
     return value
 
 
-__all__ = [
-    "Settings", "crm_timeouts", "max_response_bytes", "parse_database_url", "parse_waha_url", "plan_deadline_seconds",
-    "redact_database_url",
-]
+__all__ = ["Settings", "parse_database_url", "parse_waha_url", "redact_database_url"]

@@ -98,7 +98,7 @@ class CrmUnreachable(PipelineError):
 
 @contextmanager
 def _store(settings: Settings) -> Iterator[CrmStore]:
-    store = CrmStore.from_url(settings.database_url)
+    store = CrmStore.from_url(settings.database_url, settings.crm_commit_timeouts)
     try:
         yield store
     finally:
@@ -295,7 +295,8 @@ def _latest_plan(store: CrmStore, channel: ChannelRecord, typed: str) -> PlanRec
 async def _require_session(settings: Settings, typed: str) -> SessionInfo:
     """The WAHA session of that name on WAHA_BASE_URL, or of the channel with that slug; it must be WORKING (its
     account decides the channel). Anything else is exit 2 before anything is written."""
-    async with WahaClient(settings.require_waha(), api_key=settings.waha_api_key) as client:
+    async with WahaClient(settings.require_waha(), api_key=settings.waha_api_key,
+                          max_response_bytes=settings.waha_max_response_bytes) as client:
         try:
             try:
                 session = await client.get_session(typed)

@@ -33,7 +33,7 @@ from waha_pipeline.domain.identity import with_learned_phones
 from waha_pipeline.domain.planning import chat_fingerprint
 from waha_pipeline.domain.sessions import assign_sessions
 from waha_pipeline.errors import PipelineError
-from waha_pipeline.settings import crm_timeouts
+from waha_pipeline.settings import DEFAULT_CRM_LOCK_TIMEOUT_S, DEFAULT_CRM_STATEMENT_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +52,23 @@ class CrmBusy(PipelineError):
     """
 
 
+DEFAULT_TIMEOUTS = (DEFAULT_CRM_LOCK_TIMEOUT_S, DEFAULT_CRM_STATEMENT_TIMEOUT_S)  # (lock, statement) seconds
 LOCK_LOG_INTERVAL_S = 15.0  # how often a commit that waits for a lock says so in the log
 
 _LOCK_NOT_AVAILABLE = "55P03"
 _QUERY_CANCELED = "57014"
 
 
-def commit_chunk(conn: sa.Connection, batch: ChunkBatch, timeouts: tuple[float, float] | None = None) -> CommitResult:
+def commit_chunk(
+    conn: sa.Connection, batch: ChunkBatch, timeouts: tuple[float, float] = DEFAULT_TIMEOUTS
+) -> CommitResult:
     """Commit the chunk inside the caller's transaction. On PostgreSQL, waiting for one lock and running one
-    statement are bounded by `timeouts` (lock, statement) seconds, by default CRM_LOCK_TIMEOUT_SECONDS and
-    CRM_STATEMENT_TIMEOUT_SECONDS; past either, CrmBusy names the chunk and the bound, and a wait for a lock is
+    statement are bounded by `timeouts` (lock, statement) seconds (CRM_LOCK_TIMEOUT_SECONDS and
+    CRM_STATEMENT_TIMEOUT_SECONDS); past either, CrmBusy names the chunk and the bound, and a wait for a lock is
     logged every LOCK_LOG_INTERVAL_S meanwhile."""
     if conn.dialect.name != "postgresql":  # SQLite: one writer at a time, its busy timeout bounds the wait
         return _commit(conn, batch)
-    lock_s, statement_s = crm_timeouts() if timeouts is None else timeouts
+    lock_s, statement_s = timeouts
     key = batch.context.chunk_key
     try:
         conn.execute(sa.text("SELECT set_config('lock_timeout', :lock, true), "

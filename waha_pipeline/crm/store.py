@@ -50,15 +50,18 @@ STORED_MESSAGE_COLUMNS = {"contact_id": "string", "external_id": "string", "sent
 
 
 class CrmStore:
-    """All CRM reads and writes; every method opens its own short transaction."""
+    """All CRM reads and writes; every method opens its own short transaction.
 
-    def __init__(self, engine: sa.Engine) -> None:
+    `commit_timeouts` are the (lock, statement) seconds that bound a chunk's commit on PostgreSQL."""
+
+    def __init__(self, engine: sa.Engine, commit_timeouts: tuple[float, float] = commit.DEFAULT_TIMEOUTS) -> None:
         self.engine = engine
+        self.commit_timeouts = commit_timeouts
         self._plan_chats: tuple[str, dict[str, PlannedChat]] | None = None
 
     @classmethod
-    def from_url(cls, url: str | sa.URL) -> CrmStore:
-        return cls(sql.create_engine(url))
+    def from_url(cls, url: str | sa.URL, commit_timeouts: tuple[float, float] = commit.DEFAULT_TIMEOUTS) -> CrmStore:
+        return cls(sql.create_engine(url), commit_timeouts)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -380,7 +383,7 @@ class CrmStore:
     def commit_chunk(self, batch: ChunkBatch) -> CommitResult:
         """Commit the chunk in one transaction; on any error nothing of it is written and the error is raised."""
         with self.engine.begin() as conn:
-            return commit.commit_chunk(conn, batch)
+            return commit.commit_chunk(conn, batch, self.commit_timeouts)
 
 
 def _holder_name() -> str:

@@ -56,12 +56,14 @@ def channel_plan(context: dg.AssetExecutionContext, config: PlanConfig, waha: Wa
         all_chats=config.all_chats,
     )
 
+    settings = waha.settings()
+
     async def plan() -> tuple:
         async with waha.client() as client:
             session = await find_session(client, crm.store, context.partition_key)
             return await plan_and_record(
-                client, crm.store, session, request, default_tenant=waha.settings().tenant_id, plan_time=plan_time,
-                waha_server=waha.server_url(),
+                client, crm.store, session, request, default_tenant=settings.tenant_id, plan_time=plan_time,
+                fetch_deadline=settings.waha_plan_deadline_seconds, waha_server=waha.server_url(),
             )
 
     recorded = asyncio.run(plan())

@@ -38,7 +38,8 @@ class WahaResource(dg.ConfigurableResource):
     def client(self) -> WahaClient:
         """A new client; create and use it inside the event loop that will run its requests."""
         base_url, api_key = self._endpoint()
-        return WahaClient(base_url, api_key=api_key, concurrency=self.resolved_concurrency())
+        return WahaClient(base_url, api_key=api_key, concurrency=self.resolved_concurrency(),
+                          max_response_bytes=self.settings().waha_max_response_bytes)
 
     def server_url(self) -> str:
         """The base URL of this WAHA server (with whatever credentials it carries: not for display)."""
@@ -55,19 +56,22 @@ class WahaResource(dg.ConfigurableResource):
     def runner_spec(self, crm: CrmResource, workers: int = 1) -> RunnerSpec:
         """What each of `workers` chunk worker processes needs; they split this server's concurrency."""
         base_url, api_key = self._endpoint()
+        settings = self.settings()
         return RunnerSpec(
             database_url=crm.url(),
+            crm_commit_timeouts=settings.crm_commit_timeouts,
             stage_root=str(crm.stages().root),
             waha_base_url=base_url,
             waha_api_key=api_key,
             waha_concurrency=self.resolved_concurrency() // workers,
+            waha_max_response_bytes=settings.waha_max_response_bytes,
             page_size=self.resolved_page_size(),
             fetch_deadline_seconds=self.chunk_deadline_seconds,
             # Alone, a runner overlaps fetching with its own work two chunks ahead; with several workers the others'
             # work overlaps too, and one ahead is faster and leaner (bench scale, 2 workers: 149 s / 611 MB tree PSS
             # with 1 ahead, 162 s / 659 MB with 2, 158 s / 633 MB with none).
             prefetch=2 if workers == 1 else 1,
-            max_chunk_bytes=int(self.settings().chunk_max_mb * MB),
+            max_chunk_bytes=int(settings.chunk_max_mb * MB),
         )
 
 
@@ -85,7 +89,7 @@ class CrmResource(dg.ConfigurableResource):
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         url = self.url()
         upgrade(url)  # a no-op at head; keeps a fresh CRM usable from the UI and sensors alike
-        self._store = CrmStore.from_url(url)
+        self._store = CrmStore.from_url(url, commit_timeouts=Settings.from_env().crm_commit_timeouts)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._store is not None:

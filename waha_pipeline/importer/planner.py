@@ -16,7 +16,7 @@ from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.domain import ids
 from waha_pipeline.domain.planning import ChannelPlan, channel_slug, chunk_key, plan_channel
 from waha_pipeline.errors import WahaPermanentError, WahaSessionNotFound
-from waha_pipeline.settings import plan_deadline_seconds
+from waha_pipeline.settings import DEFAULT_PLAN_DEADLINE_S
 from waha_pipeline.waha.client import WahaClient
 from waha_pipeline.waha.models import SessionInfo
 
@@ -141,11 +141,11 @@ async def plan_and_record(
     *,
     default_tenant: str,
     plan_time: int,
-    fetch_deadline: float | None = None,
+    fetch_deadline: float = DEFAULT_PLAN_DEADLINE_S,
     waha_server: str | None = None,
 ) -> RecordedPlan:
     """Plan the channel from WAHA's chat list and lid mapping and record it. Fetching both lists ends within
-    `fetch_deadline` seconds (None: WAHA_PLAN_DEADLINE_SECONDS), retries included, or fails the plan."""
+    `fetch_deadline` seconds (WAHA_PLAN_DEADLINE_SECONDS), retries included, or fails the plan."""
     channel = resolve_channel(store, session, default_tenant=default_tenant, waha_server=waha_server)
     tenant_id = channel.tenant_id
     latest = store.latest_plan(channel.id)
@@ -153,8 +153,7 @@ async def plan_and_record(
         # A second plan within the same second would get the first one's id, and recording it would keep the
         # first plan's chunks under the new plan's keys: plans of a channel get strictly later times instead.
         plan_time = latest.plan_time + 1
-    deadline = plan_deadline_seconds() if fetch_deadline is None else fetch_deadline
-    raw_chats, lid_map = await fetch_chats_and_lids(client, session.name, deadline)
+    raw_chats, lid_map = await fetch_chats_and_lids(client, session.name, fetch_deadline)
     plan = plan_channel(
         raw_chats,
         lid_map,

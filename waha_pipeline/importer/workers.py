@@ -40,10 +40,12 @@ class RunnerSpec:
     """What a worker needs to build its ChunkRunner. Secrets stay out of repr (and so out of any error text)."""
 
     database_url: str = field(repr=False)
+    crm_commit_timeouts: tuple[float, float]  # (lock, statement) seconds (CRM_*_TIMEOUT_SECONDS)
     stage_root: str
     waha_base_url: str = field(repr=False)
     waha_api_key: str | None = field(repr=False)
     waha_concurrency: int
+    waha_max_response_bytes: int  # WAHA_MAX_RESPONSE_MB
     page_size: int
     fetch_deadline_seconds: float
     prefetch: int  # chunks fetched ahead of the one being worked on
@@ -52,7 +54,7 @@ class RunnerSpec:
     def runner(self, store: CrmStore | None = None) -> ChunkRunner:
         """A runner on `store`, or on a store of its own (a worker process)."""
         return ChunkRunner(
-            store or CrmStore.from_url(self.database_url),
+            store or CrmStore.from_url(self.database_url, self.crm_commit_timeouts),
             StageStore(self.stage_root),
             self.client,
             page_size=self.page_size,
@@ -62,7 +64,8 @@ class RunnerSpec:
         )
 
     def client(self) -> WahaClient:
-        return WahaClient(self.waha_base_url, api_key=self.waha_api_key, concurrency=self.waha_concurrency)
+        return WahaClient(self.waha_base_url, api_key=self.waha_api_key, concurrency=self.waha_concurrency,
+                          max_response_bytes=self.waha_max_response_bytes)
 
 
 class ChunkWorkerError(RuntimeError):

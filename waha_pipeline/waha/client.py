@@ -39,6 +39,7 @@ from waha_pipeline.waha.models import (
     parse_session,
 )
 from waha_pipeline.waha.breaker import BreakerPolicy, CircuitBreaker, Outcome, Permit, shared_breaker
+from waha_pipeline.waha.http11 import DEFAULT_MAX_BODY
 from waha_pipeline.waha.limiter import ServerLimiter, shared_limiter
 from waha_pipeline.waha.retry import RetryBudget, RetryPolicy, classify, parse_retry_after, retry_cause
 from waha_pipeline.waha.stats import TALLY, Counters, Recorder, WahaStats
@@ -116,6 +117,7 @@ class WahaClient:
     `concurrency` and `rate_per_second` configure the process-wide limiter of this server (shared with every other
     client of the same base URL, in any thread); `limiter` and `breaker` replace the shared ones (tests, or a
     deliberately separate budget). Everything time-related reads `clock` and waits through `sleep`.
+    `max_response_bytes` bounds every response body (WAHA_MAX_RESPONSE_MB) unless `transport` replaces the client's.
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class WahaClient:
         max_chats: int = MAX_CHATS,
         probe_empty_pages: int = PROBE_EMPTY_PAGES,
         max_probe_rows: int = MAX_PROBE_ROWS,
+        max_response_bytes: int = DEFAULT_MAX_BODY,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -170,7 +173,7 @@ class WahaClient:
         self.limiter = limiter or shared_limiter(self.base_url, concurrency=concurrency,
                                                  rate_per_second=rate_per_second)
         self.breaker = breaker or shared_breaker(self.base_url, breaker_policy)
-        transports = [transport] if transport else waha_transports(url, concurrency)
+        transports = [transport] if transport else waha_transports(url, concurrency, max_response_bytes)
         self._pools = [
             httpx.AsyncClient(
                 base_url=self.base_url,

@@ -24,7 +24,6 @@ from httpcore import AsyncNetworkStream
 from httpcore._backends.anyio import AnyIOBackend, AnyIOStream
 from httpcore._utils import is_socket_readable
 
-from waha_pipeline.settings import max_response_bytes as _max_response_bytes
 from waha_pipeline.waha.http11 import (
     DEFAULT_MAX_BODY,
     Http11Transport,
@@ -102,24 +101,23 @@ class CappedHTTPTransport(httpx.AsyncHTTPTransport):
 
 
 def waha_transports(
-    base_url: httpx.URL, concurrency: int, max_response_bytes: int | None = None
+    base_url: httpx.URL, concurrency: int, max_response_bytes: int = DEFAULT_MAX_BODY
 ) -> list[httpx.AsyncBaseTransport]:
     """The transports one WahaClient takes in turn, `concurrency` connections in all, each response body limited
-    to `max_response_bytes` (None: WAHA_MAX_RESPONSE_MB of the environment).
+    to `max_response_bytes` (WAHA_MAX_RESPONSE_MB).
 
     httpcore scans every connection of its pool (and counts idle ones per connection, O(N^2)) each time a request
     enters or leaves it; small pools taken in turn keep that flat. Client CPU per page request at concurrency 32:
     2.8 ms with pools of 8, 2.1 ms with pools of 4. Http11Transport has no such scan: one is enough.
     """
-    limit = max_response_bytes or _max_response_bytes()
     plain = base_url.scheme == "http"
     pools = 1 if plain else max(1, -(-concurrency // HTTPCORE_POOL_CONNECTIONS))
     per_pool = -(-concurrency // pools)
     limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool,
                           keepalive_expiry=KEEPALIVE_EXPIRY_S)
     if plain:
-        return [Http11Transport(limits, max_body=limit)]
-    return [httpcore_transport(limits, _ssl_context(), max_body=limit) for _ in range(pools)]
+        return [Http11Transport(limits, max_body=max_response_bytes)]
+    return [httpcore_transport(limits, _ssl_context(), max_body=max_response_bytes) for _ in range(pools)]
 
 
 def httpcore_transport(

@@ -2,7 +2,8 @@
 
 A NUL in a name is dropped; a NUL in a message's id, chat, sender or body rejects that message alone, with a reason
 naming the column, the chat and the message, and the rest of the chunk commits with sessions that do not count it.
-A lock held elsewhere ends the commit with CrmBusy after CRM_LOCK_TIMEOUT_SECONDS, logged while it waits.
+A lock held elsewhere ends the commit with CrmBusy after the store's lock timeout (CRM_LOCK_TIMEOUT_SECONDS), logged
+while it waits.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from waha_pipeline.crm.schema import contacts, message_rejects, messages, sessio
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.domain import ids
 from waha_pipeline.domain.batch import REJECT_COLUMNS, conform, empty_frame
+from waha_pipeline.errors import ConfigError
 from waha_pipeline.importer.chunk_runner import is_permanent
+from waha_pipeline.settings import Settings
 from waha_pipeline_tests.crm.conftest import PLAN_TIME, Importer, message, phone_contact, snapshot
 
 GROUP = "120363000000000001@g.us"
@@ -85,7 +88,7 @@ def test_a_contact_whose_every_message_is_rejected_is_not_created(store: CrmStor
 def test_a_lock_never_released_fails_the_commit_clearly_and_it_commits_once_released(
     store: CrmStore, importer: Importer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("CRM_LOCK_TIMEOUT_SECONDS", "1.5")
+    store = CrmStore(store.engine, commit_timeouts=(1.5, 300.0))  # the fixture's engine, its own commit bounds
     monkeypatch.setattr(commit, "LOCK_LOG_INTERVAL_S", 0.05)
     alice = phone_contact("4915550001", name="Alice")
     batch = importer.batch([alice], [message(importer.channel_id, alice, "m1", PLAN_TIME - 3600)])
@@ -115,6 +118,16 @@ def test_a_statement_past_its_timeout_fails_the_commit_clearly(store: CrmStore, 
             commit.commit_chunk(conn, batch, timeouts=(30.0, 0.5))  # the lock wait outlasts the statement
     assert str(caught.value) == ("chunk sales.c0000: a statement of the commit ran longer than 0.5 s "
                                  "(CRM_STATEMENT_TIMEOUT_SECONDS); nothing was written")
+
+
+def test_settings_read_the_commit_timeouts_and_reject_a_bad_one() -> None:
+    env = {"CRM_LOCK_TIMEOUT_SECONDS": "1.5", "CRM_STATEMENT_TIMEOUT_SECONDS": "7"}
+    assert Settings.from_env(env).crm_commit_timeouts == (1.5, 7.0)
+    assert Settings.from_env({}).crm_commit_timeouts == commit.DEFAULT_TIMEOUTS
+    for name in env:
+        with pytest.raises(ConfigError) as caught:
+            Settings.from_env({name: "-1"})
+        assert str(caught.value) == f"{name} must be a positive number, got '-1'"
 
 
 def test_a_concatenated_frame_loads_as_its_rows(store: CrmStore) -> None:

@@ -102,10 +102,7 @@ def test_a_lock_held_on_the_crm_tables_fails_the_chunks_clearly_then_rerun_is_ex
     env, sim, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = env["DATABASE_URL"]
-    monkeypatch.setenv("CRM_LOCK_TIMEOUT_SECONDS", "1")
-    # Commits in the step's own process: chunk worker processes come from a fork server started once per test
-    # process, whose environment is the one it started with.
-    monkeypatch.setenv("IMPORT_WORKERS", "1")
+    monkeypatch.setenv("CRM_LOCK_TIMEOUT_SECONDS", "1")  # reaches the chunk worker processes through their spec
     upgrade(url)
     holder_engine = sa.create_engine(url)
     try:

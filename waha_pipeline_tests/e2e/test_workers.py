@@ -136,9 +136,9 @@ def test_workers_failing_outside_any_chunk_fail_the_step_with_their_reason(env, 
     """E.g. the CRM refuses every worker: the step fails (and is retried) with the database's reason, no secret."""
     url = sa.make_url(env["DATABASE_URL"]).set(database="waha_no_such_db", password="s3cret-pw")
     spec = RunnerSpec(
-        database_url=url.render_as_string(hide_password=False), stage_root=str(tmp_path),
-        waha_base_url=env["WAHA_BASE_URL"], waha_api_key="k3y-secret", waha_concurrency=2, page_size=100,
-        fetch_deadline_seconds=30, prefetch=1, max_chunk_bytes=1 << 30,
+        database_url=url.render_as_string(hide_password=False), crm_commit_timeouts=(60.0, 300.0),
+        stage_root=str(tmp_path), waha_base_url=env["WAHA_BASE_URL"], waha_api_key="k3y-secret", waha_concurrency=2,
+        waha_max_response_bytes=1 << 26, page_size=100, fetch_deadline_seconds=30, prefetch=1, max_chunk_bytes=1 << 30,
     )
     store = CrmStore.from_url(env["DATABASE_URL"])
     try:

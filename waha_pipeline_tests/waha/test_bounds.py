@@ -1,5 +1,5 @@
 """The response size limit (WAHA_MAX_RESPONSE_MB) on both transports, and the planning deadline
-(WAHA_PLAN_DEADLINE_SECONDS), against a scripted loopback server.
+(WAHA_PLAN_DEADLINE_SECONDS), against a scripted loopback server; and how Settings reads both.
 
 An endless (chunked) body, a huge declared Content-Length and a small compressed body that inflates past the limit
 all stop at the limit with ResponseTooLarge, which WahaClient turns into a permanent error without retrying.
@@ -20,10 +20,11 @@ import sqlalchemy as sa
 from waha_pipeline.crm.migrate import upgrade
 from waha_pipeline.crm.schema import import_plans
 from waha_pipeline.crm.store import CrmStore
-from waha_pipeline.errors import WahaPermanentError
+from waha_pipeline.errors import ConfigError, WahaPermanentError
 from waha_pipeline.importer.planner import PlanRequest, plan_and_record
+from waha_pipeline.settings import DEFAULT_MAX_RESPONSE_MB, DEFAULT_PLAN_DEADLINE_S, MB, Settings
 from waha_pipeline.waha.client import WahaClient
-from waha_pipeline.waha.http11 import Http11Transport, ResponseTooLarge
+from waha_pipeline.waha.http11 import DEFAULT_MAX_BODY, Http11Transport, ResponseTooLarge
 from waha_pipeline.waha.models import SessionInfo
 from waha_pipeline.waha.transport import httpcore_transport, waha_transports
 from waha_pipeline_tests.waha.test_transport import RESPONSE, SESSION, Server, raw
@@ -135,26 +136,44 @@ def test_the_client_fails_an_oversized_page_at_once_naming_the_path_and_the_limi
     assert (requests, retries) == (1, 0)
 
 
-def test_the_transports_take_the_limit_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("WAHA_MAX_RESPONSE_MB", "2")
-    [plain] = waha_transports(httpx.URL("http://waha:3000"), concurrency=4)
-    [secure] = waha_transports(httpx.URL("https://waha.example"), concurrency=4)
-    assert plain._max_body == secure._max_body == 2 * 1024 * 1024  # type: ignore[attr-defined]
-    [explicit] = waha_transports(httpx.URL("http://waha:3000"), concurrency=4, max_response_bytes=1000)
-    assert explicit._max_body == 1000  # type: ignore[attr-defined]
+def test_the_transports_take_the_limit_given_else_the_default() -> None:
+    [plain] = waha_transports(httpx.URL("http://waha:3000"), concurrency=4, max_response_bytes=1000)
+    [secure] = waha_transports(httpx.URL("https://waha.example"), concurrency=4, max_response_bytes=1000)
+    assert plain._max_body == secure._max_body == 1000  # type: ignore[attr-defined]
+    [default] = waha_transports(httpx.URL("http://waha:3000"), concurrency=4)
+    assert default._max_body == DEFAULT_MAX_RESPONSE_MB * MB  # type: ignore[attr-defined]
+
+
+def test_the_clients_own_transports_stop_at_the_limit_it_is_given() -> None:
+    endless = Endless(chunked=True)
+
+    async def scenario() -> str:
+        async with Server([endless], default=raw(RESPONSE)) as server, \
+                WahaClient(server.url, concurrency=1, max_response_bytes=LIMIT) as waha:
+            with pytest.raises(WahaPermanentError) as caught:
+                await waha.list_chats("demo")
+            return str(caught.value)
+
+    assert "0.25 MB limit (WAHA_MAX_RESPONSE_MB)" in asyncio.run(scenario())
+    assert endless.sent < SENT_AT_MOST
+
+
+def test_settings_read_the_response_limit_in_bytes_and_reject_a_bad_one() -> None:
+    assert Settings.from_env({"WAHA_MAX_RESPONSE_MB": "2"}).waha_max_response_bytes == 2 * MB
+    assert Settings.from_env({}).waha_max_response_bytes == DEFAULT_MAX_BODY
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"WAHA_MAX_RESPONSE_MB": "lots"})
+    assert str(caught.value) == "WAHA_MAX_RESPONSE_MB must be a number, got 'lots'"
 
 
 # -- the planning deadline ----------------------------------------------------------------------------------------
 
 
-def test_planning_an_endless_chat_list_ends_at_the_deadline_and_records_nothing(
-    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every chats page brings new chats, so paging never ends by itself; WAHA_PLAN_DEADLINE_SECONDS ends it."""
+def test_planning_an_endless_chat_list_ends_at_the_deadline_and_records_nothing(tmp_path: pathlib.Path) -> None:
+    """Every chats page brings new chats, so paging never ends by itself; the planning deadline ends it."""
     url = f"sqlite:///{tmp_path}/crm.sqlite"
     upgrade(url)
     store = CrmStore.from_url(url)
-    monkeypatch.setenv("WAHA_PLAN_DEADLINE_SECONDS", "0.5")
     server = Server([])
     server_pages = [0]
 
@@ -179,7 +198,8 @@ def test_planning_an_endless_chat_list_ends_at_the_deadline_and_records_nothing(
     async def scenario() -> str:
         async with server, WahaClient(server.url, concurrency=2) as waha:
             with pytest.raises(WahaPermanentError) as caught:
-                await plan_and_record(waha, store, session, PlanRequest(), default_tenant="t", plan_time=1_700_000_000)
+                await plan_and_record(waha, store, session, PlanRequest(), default_tenant="t", plan_time=1_700_000_000,
+                                      fetch_deadline=0.5)
             return str(caught.value)
 
     try:
@@ -191,3 +211,11 @@ def test_planning_an_endless_chat_list_ends_at_the_deadline_and_records_nothing(
     assert server_pages[0] > 2  # it was paging on when the deadline came
     with sa.create_engine(url).connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(import_plans)).scalar_one() == 0
+
+
+def test_settings_read_the_planning_deadline_and_reject_a_bad_one() -> None:
+    assert Settings.from_env({"WAHA_PLAN_DEADLINE_SECONDS": "0.5"}).waha_plan_deadline_seconds == 0.5
+    assert Settings.from_env({}).waha_plan_deadline_seconds == DEFAULT_PLAN_DEADLINE_S
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"WAHA_PLAN_DEADLINE_SECONDS": "0"})
+    assert str(caught.value) == "WAHA_PLAN_DEADLINE_SECONDS must be a positive number, got '0'"
