@@ -11,15 +11,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 import dagster as dg
 import sqlalchemy as sa
 
-from waha_pipeline.cli.report import chunk_table, failure_line, skipped_line, state_counts, up_to_date_note
+from waha_pipeline.cli.progress import ProgressReporter
+from waha_pipeline.cli.report import (
+    chunk_table, failure_line, json_document, skipped_line, state_counts, up_to_date_note,
+)
 from waha_pipeline.crm.ledger import primary_message
 from waha_pipeline.crm.records import ChannelRecord, ChunkRecord, PlanRecord
 from waha_pipeline.crm.migrate import upgrade
@@ -96,6 +102,35 @@ class CrmUnreachable(PipelineError):
     """The CRM failed while chunks ran or were reported (an outage); what is not committed is re-run later."""
 
 
+@dataclass(frozen=True)
+class Output:
+    """Where a command's report goes: text lines, or (`--json`) one JSON document and nothing else on stdout.
+    Failures go to stderr either way, one line each."""
+
+    json: bool = False
+    stdout: TextIO = field(default_factory=lambda: sys.stdout)
+
+    def say(self, text: str) -> None:
+        if not self.json:
+            print(text, file=self.stdout, flush=True)
+
+    def document(self, doc: dict[str, Any]) -> None:
+        print(json.dumps(doc, indent=2, ensure_ascii=False), file=self.stdout, flush=True)
+
+    def progress_stream(self) -> TextIO | None:
+        """Progress goes with the text report; with --json only to a terminal's stderr."""
+        if not self.json:
+            return self.stdout
+        return sys.stderr if _is_terminal(sys.stderr) else None
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 @contextmanager
 def _store(settings: Settings) -> Iterator[CrmStore]:
     store = CrmStore.from_url(settings.database_url, settings.crm_commit_timeouts)
@@ -105,9 +140,10 @@ def _store(settings: Settings) -> Iterator[CrmStore]:
         store.dispose()
 
 
-def import_channel(settings: Settings, args: argparse.Namespace) -> int:
+def import_channel(settings: Settings, args: argparse.Namespace, out: Output | None = None) -> int:
     """The channel is the one whose account the WAHA server at WAHA_BASE_URL reports for the session named (or for
     the session of the channel whose slug is given)."""
+    out = out or Output()
     session = asyncio.run(_require_session(settings, args.channel))  # unknown name: exit 2 before anything is written
     verbose = bool(getattr(args, "verbose", False))
     defs = build_definitions()
@@ -131,14 +167,18 @@ def import_channel(settings: Settings, args: argparse.Namespace) -> int:
                                     f"(run `{_import_command(args)}` again)")
             if not planned.success or planned.plan_id is None:
                 raise PipelineError(f"planning channel {args.channel!r} failed: {planned.error}")
-            print(f"channel {channel.label()}")
-            print(f"plan {planned.plan_id}: {len(planned.chunk_keys)} chunk(s) for channel {args.channel!r}"
-                  + up_to_date_note(planned.up_to_date))
-            return _run_and_report(store, instance, defs, settings, signals, planned.plan_id, slug, handle,
-                                   planned.chunk_keys, verbose)
+            out.say(f"channel {channel.label()}")
+            out.say(f"plan {planned.plan_id}: {len(planned.chunk_keys)} chunk(s) for channel {args.channel!r}"
+                    + up_to_date_note(planned.up_to_date))
+            return _run_and_report(store, instance, defs, settings, signals, planned.plan_id, channel, handle,
+                                   planned.chunk_keys, verbose, out)
 
 
-def status(settings: Settings, args: argparse.Namespace) -> int:
+STATUS_READ = "the status was read; the chunk states say whether the plan is complete"
+
+
+def status(settings: Settings, args: argparse.Namespace, out: Output | None = None) -> int:
+    out = out or Output()
     try:
         with _store(settings) as store:
             channel = _channel(store, args.channel)
@@ -148,21 +188,28 @@ def status(settings: Settings, args: argparse.Namespace) -> int:
             handle = _handle(store, channel, args.channel)
     except sa.exc.DBAPIError as exc:
         raise ConfigError(f"DATABASE_URL: cannot read the CRM database: {db_message(exc)}") from exc
-    print(chunk_table(chunks))
+    if out.json:
+        doc = json_document(channel, plan, chunks, EXIT_OK, STATUS_READ)
+        doc["import_in_progress"] = holder
+        out.document(doc)
+        return EXIT_OK
+    out.say(chunk_table(chunks))
     counts = state_counts(chunks)
-    print(", ".join(f"{n} {state}" for state, n in counts.items()) + up_to_date_note(plan.skipped.get("up_to_date", 0)))
+    out.say(", ".join(f"{n} {state}" for state, n in counts.items())
+            + up_to_date_note(plan.skipped.get("up_to_date", 0)))
     if (skipped := skipped_line(chunks)) is not None:
-        print(skipped)
+        out.say(skipped)
     if holder is not None:
-        print(f"import in progress: {holder}")
+        out.say(f"import in progress: {holder}")
     elif _pending(chunks) or counts["failed"]:
-        print(f"re-run the failed and pending chunks with: waha-pipeline rerun-failed {handle}")
+        out.say(f"re-run the failed and pending chunks with: waha-pipeline rerun-failed {handle}")
     return EXIT_OK
 
 
-def rerun_failed(settings: Settings, args: argparse.Namespace) -> int:
+def rerun_failed(settings: Settings, args: argparse.Namespace, out: Output | None = None) -> int:
     """Failed chunks of the latest plan and its pending ones: with the channel's import lock held here, no other
     CLI process works on them, and no sensor or UI run of the channel is in progress, so pending means stale."""
+    out = out or Output()
     verbose = bool(getattr(args, "verbose", False))
     with prepare(settings) as instance, _store(settings) as store, Signals() as signals:
         channel = _channel(store, args.channel)
@@ -174,13 +221,13 @@ def rerun_failed(settings: Settings, args: argparse.Namespace) -> int:
             failed = [c.chunk_key for c in chunks if c.status == "failed"]
             pending = _pending(chunks)
             if not failed and not pending:
-                print(f"channel {args.channel!r}: no failed or pending chunks in plan {plan_id}")
+                out.say(f"channel {args.channel!r}: no failed or pending chunks in plan {plan_id}")
                 return EXIT_OK
-            print(f"re-running {len(failed)} failed and {len(pending)} pending chunk(s) of plan {plan_id}")
+            out.say(f"re-running {len(failed)} failed and {len(pending)} pending chunk(s) of plan {plan_id}")
             todo = [c.chunk_key for c in chunks if c.status != "committed"]
             add_partitions(instance, CHUNKS, todo)  # a plan whose planning run was cut short has none yet
-            return _run_and_report(store, instance, build_definitions(), settings, signals, plan_id, slug, handle,
-                                   todo, verbose)
+            return _run_and_report(store, instance, build_definitions(), settings, signals, plan_id, channel,
+                                   handle, todo, verbose, out)
 
 
 @contextmanager
@@ -203,18 +250,25 @@ def _run_and_report(
     settings: Settings,
     signals: Signals,
     plan_id: str,
-    slug: str,
+    record: ChannelRecord,
     channel: str,
     chunk_keys: Sequence[str],
     verbose: bool,
+    out: Output,
 ) -> int:
-    """Run the chunks; after an interrupt the chunks left pending are marked failed "interrupted" (the one
-    committing has committed or rolled back by then). Then the report, one line per chunk not committed."""
+    """Run the chunks, their progress printed from the ledger meanwhile; after an interrupt the chunks left pending
+    are marked failed "interrupted" (the one committing has committed or rolled back by then). Then the report,
+    one line per chunk not committed."""
     results: list[dg.ExecuteInProcessResult] = []
     interrupted = False
+    stream = out.progress_stream()
+    progress: AbstractContextManager[object] = (
+        ProgressReporter(lambda: store.plan_chunks(plan_id), chunk_keys, stream) if stream else nullcontext()
+    )
     try:
-        results = run_chunks(instance, defs, slug, chunk_keys, settings.require_waha(),
-                             verbose=verbose, stop=signals)
+        with progress:
+            results = run_chunks(instance, defs, record.slug, chunk_keys, settings.require_waha(),
+                                 verbose=verbose, stop=signals)
     except KeyboardInterrupt:
         interrupted = True
     interrupted = interrupted or signals() or any(was_interrupted(r) for r in results)
@@ -227,15 +281,22 @@ def _run_and_report(
             print(line, file=sys.stderr)
         raise CrmUnreachable(f"the CRM database failed: {db_message(exc)}; what is not committed stays pending, "
                              f"finish with `waha-pipeline rerun-failed {channel}` once it is back") from None
-    return _report(chunks, channel, results, interrupted)
+    code = _report(chunks, channel, results, interrupted, out)
+    if out.json:
+        plan = store.get_plan(plan_id)
+        if plan is None:
+            raise PipelineError(f"plan {plan_id} is gone from the CRM ledger")
+        out.document(json_document(record, plan, chunks, code))
+    return code
 
 
-def _report(chunks: list[ChunkRecord], channel: str, results: list[dg.ExecuteInProcessResult], interrupted: bool) -> int:
-    print(chunk_table(chunks, errors=False))
+def _report(chunks: list[ChunkRecord], channel: str, results: list[dg.ExecuteInProcessResult], interrupted: bool,
+            out: Output) -> int:
+    out.say(chunk_table(chunks, errors=False))
     counts = state_counts(chunks)
     messages = sum(c.messages or 0 for c in chunks if c.status == "committed")
-    print(f"{counts['committed']} committed, {counts['failed']} failed, {counts['pending']} pending; "
-          f"{messages} messages committed")
+    out.say(f"{counts['committed']} committed, {counts['failed']} failed, {counts['pending']} pending; "
+            f"{messages} messages committed")
     for line in dict.fromkeys(run_errors(results)):
         print(line, file=sys.stderr)
     stages = chunk_failures(results)
