@@ -7,6 +7,7 @@ import dataclasses
 import os
 import re
 import shlex
+import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -102,3 +103,17 @@ def test_without_a_dagster_script_the_hint_runs_the_module(tmp_path: Path) -> No
     python.touch()
     hint = shlex.split(ui_command(tmp_path / "home", executable=str(python), cwd=tmp_path))
     assert hint[1:4] == ["bin/python", "-m", "dagster"]
+
+
+def test_the_demo_hints_program_and_workspace_load_the_code_location_without_the_venv_on_path(tmp_path) -> None:
+    """`dev` serves until stopped; `definitions validate` loads the same program, workspace and DAGSTER_HOME."""
+    home = tmp_path / "home"
+    home.mkdir()
+    words = shlex.split(ui_command(home, executable=sys.executable, cwd=ROOT))
+    assignment, program, dev, *where = words
+    assert dev == "dev"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), assignment.partition("=")[0]: assignment.partition("=")[2]}
+    done = subprocess.run([program, "definitions", "validate", *where], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Validation successful for code location waha_pipeline" in done.stdout + done.stderr
