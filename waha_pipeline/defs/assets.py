@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
+from waha_pipeline.defs.checks import CHECK_SPECS, evaluate_chunk, fetched_from_instance
 from waha_pipeline.defs.partitions import channel_partitions, chunk_partitions
 from waha_pipeline.defs.resources import CrmResource, WahaResource
 from waha_pipeline.importer.chunk_runner import ChunkFailed
@@ -99,16 +100,25 @@ def channel_plan(context: dg.AssetExecutionContext, config: PlanConfig, waha: Wa
         for i, stage in enumerate(STAGES)
     ],
     partitions_def=chunk_partitions,
+    check_specs=CHECK_SPECS,  # evaluated per chunk right after it commits (defs/checks.py)
     can_subset=True,
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_CHUNKS_PER_RUN),
     retry_policy=dg.RetryPolicy(
         max_retries=STEP_RETRIES, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
     ),
 )
-def chunk_import(context: dg.AssetExecutionContext, waha: WahaResource, crm: CrmResource) -> Iterator[dg.AssetMaterialization]:
+def chunk_import(
+    context: dg.AssetExecutionContext, waha: WahaResource, crm: CrmResource
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """Re-running is safe: every write is an idempotent upsert and sessions are recomputed, never appended."""
     selected = {key.path[-1] for key in context.selected_asset_keys}
     keys, skip_committed = list(context.partition_keys), context.retry_number > 0
+    checks = context.selected_asset_check_keys
+    if not selected:  # only checks selected ("Execute checks"): evaluate the chunks as the CRM holds them
+        for key in keys:
+            yield from evaluate_chunk(crm.store, key, fetched_from_instance(context.instance, key), checks)
+        return
+    fetched: dict[str, int] = {}
     workers = waha.worker_count(crm, len(keys))
     spec = waha.runner_spec(crm, workers)
     if workers > 1:
@@ -123,6 +133,13 @@ def chunk_import(context: dg.AssetExecutionContext, waha: WahaResource, crm: Crm
                 context.log.error(f"chunk {event.chunk_key} failed at {event.stage}: {event.reason}")
                 continue
             yield dg.AssetMaterialization(asset_key=event.stage, partition=event.chunk_key, metadata=event.metadata)
+            if event.stage == "fetched_messages":
+                fetched[event.chunk_key] = int(event.metadata["messages"])
+            elif event.stage == "committed_rows" and checks:
+                count = fetched.pop(event.chunk_key, None)
+                if count is None:
+                    count = fetched_from_instance(context.instance, event.chunk_key)
+                yield from evaluate_chunk(crm.store, event.chunk_key, count, checks)
     except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
         # A stop signal ends the import: Dagster applies the op RetryPolicy to interrupts too, and a retry would
         # start the chunks again. The chunks left pending are marked failed "interrupted" by the CLI.
