@@ -131,7 +131,8 @@ def sessions_consistent(conn: sa.Connection, channel_id: str, contact_ids: Colle
     for r in wrong[: max(0, FIRST - len(offenders))]:
         offenders.append(
             f"session {r.id}: stored count {r.message_count} ({r.messages_from_contact} contact / "
-            f"{r.messages_from_agent} agent), its messages give {r.n or 0} ({r.from_contact or 0} / {r.from_agent or 0})"
+            f"{r.messages_from_agent} agent), its messages give {r.n or 0} "
+            f"({r.from_contact or 0} / {r.from_agent or 0})"
             + ("" if _same_span(r) else ", span differs")
         )
     counts = {"contacts": len(ids), "sessions": len(rows), "messages_misplaced": len(misplaced),
@@ -157,9 +158,8 @@ def contacts_have_messages(conn: sa.Connection, contact_ids: Collection[str]) ->
     """Every one of these contacts has a message in some channel of the CRM."""
     ids = list(contact_ids)
     has_message = sa.exists().where(messages.c.contact_id == contacts.c.id)
-    orphans = [str(r) for r in conn.execute(
-        sa.select(contacts.c.id).where(contacts.c.id.in_(ids), ~has_message).order_by(contacts.c.id)
-    ).scalars()]
+    query = sa.select(contacts.c.id).where(contacts.c.id.in_(ids), ~has_message).order_by(contacts.c.id)
+    orphans = [str(r) for r in conn.execute(query).scalars()]
     counts = {"contacts": len(ids), "without_messages": len(orphans)}
     if orphans:
         return Outcome(False, f"{len(orphans)} contact(s) without a message", counts,

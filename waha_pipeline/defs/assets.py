@@ -116,7 +116,7 @@ def chunk_import(
     checks = context.selected_asset_check_keys
     if not selected:  # only checks selected ("Execute checks"): evaluate the chunks as the CRM holds them
         for key in keys:
-            yield from evaluate_chunk(crm.store, key, fetched_from_instance(context.instance, key), checks)
+            yield from evaluate_chunk(crm.store, key, fetched_from_instance(context.instance, key), checks, context.instance)
         return
     fetched: dict[str, int] = {}
     workers = waha.worker_count(crm, len(keys))
@@ -139,7 +139,7 @@ def chunk_import(
                 count = fetched.pop(event.chunk_key, None)
                 if count is None:
                     count = fetched_from_instance(context.instance, event.chunk_key)
-                yield from evaluate_chunk(crm.store, event.chunk_key, count, checks)
+                yield from evaluate_chunk(crm.store, event.chunk_key, count, checks, context.instance)
     except (dg.DagsterExecutionInterruptedError, KeyboardInterrupt) as exc:
         # A stop signal ends the import: Dagster applies the op RetryPolicy to interrupts too, and a retry would
         # start the chunks again. The chunks left pending are marked failed "interrupted" by the CLI.

@@ -2,7 +2,8 @@
 
 Mechanism. Dagster 1.13 supports partitioned asset checks (preview): an `AssetCheckSpec` takes a
 `partitions_def` equal to its asset's, the instance plans one execution per partition of a run
-(`asset_check_executions.partition`) and the UI shows a check's status per partition. An `AssetCheckResult`
+(`asset_check_executions.partition`) and the UI shows a check's status per partition.
+The specs travel with `chunk_import`, so `Definitions(assets=[..., chunk_import])` registers them. An `AssetCheckResult`
 takes its partition from the step's single partition key, which a ranged chunk run (many chunks per step) does
 not have; so the `chunk_import` step logs an `AssetCheckEvaluation` with `partition=<chunk key>` itself, right
 after each chunk commits, which is what `AssetCheckResult` turns into. Per chunk rather than per channel because
@@ -20,6 +21,9 @@ import warnings
 from collections.abc import Callable, Collection, Iterator
 
 import dagster as dg
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
 
 from waha_pipeline.crm import checks as crm_checks
 from waha_pipeline.crm.store import CrmStore
@@ -37,8 +41,8 @@ with warnings.catch_warnings():
     CHECK_SPECS = [
         dg.AssetCheckSpec(
             ACCOUNTED, asset=TARGET, partitions_def=chunk_partitions,
-            description="Every row fetched for the chunk is a committed message, a reject or a skipped row (by reason); "
-                        "the CRM still holds the messages the chunk committed.",
+            description="Every row fetched for the chunk is a committed message, a reject or a skipped row "
+                        "(by reason); the CRM still holds the messages the chunk committed.",
         ),
         dg.AssetCheckSpec(
             SESSIONS, asset=TARGET, partitions_def=chunk_partitions,
@@ -64,15 +68,35 @@ def fetched_from_instance(instance: dg.DagsterInstance, chunk_key: str) -> int |
     return None if value is None else int(value.value)  # type: ignore[arg-type]
 
 
+def target_of(instance: dg.DagsterInstance, chunk_key: str) -> AssetCheckEvaluationTargetMaterializationData | None:
+    """The chunk's latest `committed_rows` materialization: what the evaluation judges. Without it the UI shows the
+    partition's check as not current (the way `AssetCheckResult` fills it in, for a partition of our choosing)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=TARGET, asset_partitions=[chunk_key]), limit=1
+    ).records
+    if not records:
+        return None
+    record = records[0]
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
+    )
+
+
 def evaluate_chunk(
-    store: CrmStore, chunk_key: str, fetched: int | None, selected: Collection[dg.AssetCheckKey] = CHECK_KEYS
+    store: CrmStore,
+    chunk_key: str,
+    fetched: int | None,
+    selected: Collection[dg.AssetCheckKey] = CHECK_KEYS,
+    instance: dg.DagsterInstance | None = None,
 ) -> Iterator[dg.AssetCheckEvaluation]:
     """The selected checks of one chunk of its channel's latest plan, as the CRM holds it now."""
+    target = None if instance is None else target_of(instance, chunk_key)
     found = store.latest_chunk(chunk_key)
     wanted = [spec for spec in CHECK_SPECS if spec.key in selected]
     if found is None:
         for spec in wanted:
-            yield _evaluation(spec.name, chunk_key, crm_checks.Outcome(False, f"chunk {chunk_key}: not in any plan"))
+            yield _evaluation(spec.name, chunk_key, crm_checks.Outcome(False, f"chunk {chunk_key}: not in any plan"),
+                              target)
         return
     plan, chunk, chats = found
     with store.engine.connect() as conn:
@@ -85,10 +109,16 @@ def evaluate_chunk(
         }
         outcomes = {spec.name: run[spec.name]() for spec in wanted}
     for spec in wanted:
-        yield _evaluation(spec.name, chunk_key, outcomes[spec.name], plan_id=plan.id)
+        yield _evaluation(spec.name, chunk_key, outcomes[spec.name], target, plan_id=plan.id)
 
 
-def _evaluation(name: str, chunk_key: str, outcome: crm_checks.Outcome, plan_id: str | None = None) -> dg.AssetCheckEvaluation:
+def _evaluation(
+    name: str,
+    chunk_key: str,
+    outcome: crm_checks.Outcome,
+    target: AssetCheckEvaluationTargetMaterializationData | None,
+    plan_id: str | None = None,
+) -> dg.AssetCheckEvaluation:
     metadata: dict[str, object] = {**outcome.counts}
     if plan_id is not None:
         metadata["plan_id"] = plan_id
@@ -96,5 +126,5 @@ def _evaluation(name: str, chunk_key: str, outcome: crm_checks.Outcome, plan_id:
         metadata["offenders"] = dg.MetadataValue.json(outcome.offenders)
     return dg.AssetCheckEvaluation(
         asset_key=TARGET, check_name=name, passed=outcome.passed, partition=chunk_key,
-        description=outcome.description, metadata=metadata,
+        description=outcome.description, metadata=metadata, target_materialization_data=target,
     )

@@ -69,6 +69,11 @@ def test_import_evaluates_every_check_on_every_chunk_and_they_pass(imported: dic
             results[ACCOUNTED][1]["messages"] + results[ACCOUNTED][1]["rejects"] + results[ACCOUNTED][1]["skipped"]
         )
         assert results[ACCOUNTED][1]["fetched"] > 0
+    # what the UI's per-partition check health reads: every chunk passed, judged on its latest materialization
+    infos = instance.event_log_storage.get_asset_check_partition_info(sorted(CHECK_KEYS, key=lambda k: k.name))
+    assert {(i.check_key.name, i.partition_key) for i in infos} == {
+        (name, key) for name in (ACCOUNTED, SESSIONS, CONTACTS) for key in keys}
+    assert all(i.latest_execution_status == SUCCEEDED and i.is_current for i in infos)
 
 
 def rematerialize(instance: dg.DagsterInstance, chunk_key: str) -> None:
