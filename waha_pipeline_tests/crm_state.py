@@ -116,3 +116,13 @@ def assert_matches(state: dict[str, Any], expected: dict[str, Any]) -> None:
     for contact_id, session_id, sent_at in state["message_rows"]:
         owner, started, ended = state["session_bounds"][session_id]
         assert owner == contact_id and started <= sent_at <= ended
+
+
+def query(url: str, sql: str, **params: Any) -> list[Any]:
+    """Rows of one SQL query against the CRM at `url`."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text(sql), params).all())
+    finally:
+        engine.dispose()

@@ -6,7 +6,6 @@ Each stage reads the previous stage's output, so a stage can be re-run from its 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 

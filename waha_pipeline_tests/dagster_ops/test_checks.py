@@ -18,7 +18,7 @@ from waha_pipeline.cli.main import main
 from waha_pipeline.crm.schema import chat_coverage, messages, sessions
 from waha_pipeline.definitions import build_definitions
 from waha_pipeline.defs.assets import channel_plan, chunk_import
-from waha_pipeline.defs.checks import ACCOUNTED, CHECK_KEYS, CONTACTS, SESSIONS, TARGET
+from waha_pipeline.defs.checks import ACCOUNTED, CHECK_KEYS, CONTACTS, SESSIONS
 from waha_pipeline_tests.crm_state import latest_plan
 
 SUCCEEDED, FAILED = AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED

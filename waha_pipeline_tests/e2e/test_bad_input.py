@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from waha_pipeline.simulator import DatasetSpec, Faults, run_in_thread
 from waha_pipeline.simulator.dataset import DIRECT
-from waha_pipeline_tests.crm_state import assert_matches, latest_plan, snapshot
+from waha_pipeline_tests.crm_state import assert_matches, latest_plan, query, snapshot
 from waha_pipeline_tests.e2e.cli_run import cli, expected
 
 SPEC = DatasetSpec(seed=23, chats=120, target_messages=600)
@@ -28,15 +28,6 @@ def sim(anchor: int) -> Iterator[Any]:
     """A simulator of its own: each test injects data or faults into it."""
     with run_in_thread(SPEC, anchor=anchor) as handle:
         yield handle
-
-
-def query(url: str, sql: str, **params: Any) -> list[Any]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(sa.text(sql), params).all())
-    finally:
-        engine.dispose()
 
 
 def no_traceback(*texts: str) -> None:

@@ -20,7 +20,7 @@ from waha_pipeline.crm.migrate import upgrade
 from waha_pipeline.simulator import DatasetSpec, run_in_thread
 from waha_pipeline.simulator.dataset import DIRECT, GROUP
 from waha_pipeline.simulator.state import ChatIndex
-from waha_pipeline_tests.crm_state import assert_matches, latest_plan, snapshot, truth
+from waha_pipeline_tests.crm_state import assert_matches, latest_plan, query, snapshot, truth
 from waha_pipeline_tests.e2e.cli_run import cli, expected
 
 SPEC = DatasetSpec(seed=23, chats=60, target_messages=300)
@@ -30,15 +30,6 @@ SPEC = DatasetSpec(seed=23, chats=60, target_messages=300)
 def sim(anchor: int) -> Iterator[Any]:
     with run_in_thread(SPEC, anchor=anchor) as handle:
         yield handle
-
-
-def query(url: str, sql: str, **params: Any) -> list[Any]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(sa.text(sql), params).all())
-    finally:
-        engine.dispose()
 
 
 def inbound_text(sim: Any, kind: str) -> tuple[Any, Any]:

@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from waha_pipeline.simulator import DatasetSpec, run_in_thread
+from waha_pipeline_tests.crm_state import query
 from waha_pipeline_tests.e2e.cli_run import cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -40,15 +41,6 @@ def load_corpus() -> list[dict[str, Any]]:
 def sim(anchor: int) -> Iterator[Any]:
     with run_in_thread(SPEC, anchor=anchor) as handle:
         yield handle
-
-
-def query(url: str, sql: str, **params: Any) -> list[Any]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return list(conn.execute(sa.text(sql), params).all())
-    finally:
-        engine.dispose()
 
 
 def served_payload(entry: dict[str, Any], future_stamp: int) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from waha_pipeline.simulator import DatasetSpec, Faults, run_in_thread
 from waha_pipeline_tests.crm_state import assert_matches, latest_plan, snapshot
 from waha_pipeline_tests.e2e.cli_run import cli, expected
 from waha_pipeline_tests.e2e.recovery_support import (
-    WAIT_SECONDS,
     alive,
     committed,
     connections,
