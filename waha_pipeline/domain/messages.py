@@ -33,9 +33,9 @@ __all__ = [
     "skip_reason",
 ]
 
-OUTSIDE_WINDOW, AFTER_PLAN_TIME = "outside_window", "after_plan_time"
+OUTSIDE_WINDOW, AFTER_PLAN_TIME, DUPLICATE = "outside_window", "after_plan_time", "duplicate"
 # Every key of MappedMessages.skipped: rows that are not messages, then valid messages outside the window.
-SKIP_REASONS: tuple[str, ...] = (*sorted(NOT_A_MESSAGE), OUTSIDE_WINDOW, AFTER_PLAN_TIME)
+SKIP_REASONS: tuple[str, ...] = (*sorted(NOT_A_MESSAGE), OUTSIDE_WINDOW, AFTER_PLAN_TIME, DUPLICATE)
 _ROW_FIELDS = ("chat_id", "external_id", "from_me", "sent_at", "content_type", "body", "sender_id", "push_name")
 
 
@@ -47,7 +47,9 @@ class MappedMessages:
     - `rejects`: REJECT_COLUMNS, unique by reject id; malformed messages with their reasons (SPEC 6.8).
     - `skipped`: count per reason, every key of SKIP_REASONS present: rows that are not messages
       ("reaction", "poll_vote", "event_response", "protocol", "system_notice"), valid messages sent before
-      the window ("outside_window") or after its end, the plan time ("after_plan_time"). Each row counts once.
+      the window ("outside_window") or after its end, the plan time ("after_plan_time"), and rows served again
+      (a message under a contact's @c.us and @lid chats, a repeated page: "duplicate"). Every fetched row is
+      a message, a reject or one of these.
     - `lid_phones`: lid digits -> phone digits that messages themselves carry (SPEC 6.5); a lid seen with two
       different phones is left out.
     - `late_chats`: chats with a message stamped after the plan time: their coverage must not advance, since
@@ -147,6 +149,7 @@ def map_messages(
                     external_id = msg.get("id")
                     if type(external_id) is str:
                         if external_id in skipped_ids:
+                            skipped[DUPLICATE] += 1
                             continue
                         skipped_ids.add(external_id)
                     skipped[kind] += 1
@@ -172,9 +175,13 @@ def map_messages(
         if reason is not None:
             text = payload if isinstance(payload, str) else repr(payload)
             key = external_id or hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-            rejects.setdefault(ids.reject_id(channel_id, chat_id, key), (chat_id, external_id, reason, text))
+            reject_key = ids.reject_id(channel_id, chat_id, key)
+            if reject_key in rejects:
+                skipped[DUPLICATE] += 1
+            rejects.setdefault(reject_key, (chat_id, external_id, reason, text))
             continue
         if external_id in seen:
+            skipped[DUPLICATE] += 1
             continue
         seen.add(external_id)
         is_group = group_chat.get(chat_id)
@@ -208,6 +215,7 @@ def map_messages(
 
     messages = _message_frame(cols, channel_id)
     reject_rows = [(rid, *row) for rid, row in rejects.items() if row[1] is None or row[1] not in seen]
+    skipped[DUPLICATE] += len(rejects) - len(reject_rows)  # a malformed copy of a message that also came valid
     for lid in conflicting_lids:
         del lid_phones[lid]
     return MappedMessages(

@@ -182,7 +182,7 @@ def test_rows_that_are_not_messages_are_skipped_and_counted(payload: dict, reaso
     result = run((CHAT, payload), (CHAT, payload), (CHAT, real))
     assert result.messages["external_id"].tolist() == ["false_x_REAL"], "the real message stays, the other does not"
     assert result.rejects.empty, "a row that is not a message is never a reject"
-    assert result.skipped == {**dict.fromkeys(SKIP_REASONS, 0), reason: 1}, "counted once across pages"
+    assert result.skipped == {**dict.fromkeys(SKIP_REASONS, 0), reason: 1, "duplicate": 1}, "the repeat as a duplicate"
     assert not result.late_chats
 
 
@@ -316,7 +316,7 @@ def test_window_sides_are_counted_apart_and_late_stamps_mark_the_chat(ts: int, r
     kept = noweb(ts=T, id="true_x_KEPT", fromMe=True, key={"fromMe": True})
     result = run((CHAT, stamped), (CHAT, stamped), (CHAT, kept), ("5511000000000@c.us", kept))
     assert result.messages["external_id"].tolist() == ["true_x_KEPT"]
-    assert result.skipped == {**dict.fromkeys(SKIP_REASONS, 0), reason: 1}
+    assert result.skipped == {**dict.fromkeys(SKIP_REASONS, 0), reason: 1, "duplicate": 2}  # each repeat once
     assert result.late_chats == (frozenset({CHAT}) if late else frozenset())
     assert result.dropped_outside_window == 1
 
@@ -337,3 +337,17 @@ def test_versioned_message_keys_are_real_messages_of_another_kind() -> None:
     poll = {"id": "false_1@c.us_A", "body": "Qual horário prefere?", "hasMedia": False,
             "_data": {"key": {"id": "A"}, "message": {"pollCreationMessageV3": {"name": "Qual horário prefere?"}}}}
     assert classify(poll) == "other"
+
+
+def test_every_fetched_row_is_a_message_a_reject_or_a_counted_skip() -> None:
+    """What the chunk's accounting check relies on: nothing fetched disappears without a count."""
+    real = noweb(ts=T, id="true_x_A", fromMe=True, key={"fromMe": True})
+    broken = noweb(ts=T, id="true_x_B", fromMe="yes", key={"fromMe": True})
+    broken_copy_of_real = noweb(ts=T, id="true_x_A", fromMe="yes", key={"fromMe": True})
+    reaction = webjs(id="false_x_R", data={"type": "reaction", "body": "👍"})
+    rows = [(CHAT, real), ("5511000000000@c.us", real), (CHAT, broken), (CHAT, broken), (CHAT, broken_copy_of_real),
+            (CHAT, reaction), (CHAT, reaction), (CHAT, noweb(ts=T - 86_401, id="true_x_OLD"))]
+    result = run(*rows)
+    assert (len(result.messages), len(result.rejects)) == (1, 1)
+    assert {k: v for k, v in result.skipped.items() if v} == {"duplicate": 4, "reaction": 1, "outside_window": 1}
+    assert len(result.messages) + len(result.rejects) + sum(result.skipped.values()) == len(rows)
