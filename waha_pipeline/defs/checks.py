@@ -21,6 +21,8 @@ import warnings
 from collections.abc import Callable, Collection, Iterator
 
 import dagster as dg
+# The type of the public AssetCheckEvaluation's `target_materialization_data` field; Dagster exports no other way
+# to name the materialization a partition's evaluation judges (dagster is pinned to one release in pyproject.toml).
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )

@@ -21,13 +21,16 @@ from types import FrameType, TracebackType
 from typing import Any
 
 import dagster as dg
-from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from waha_pipeline.crm.ledger import primary_message
 from waha_pipeline.defs.assets import MAX_CHUNKS_PER_RUN, PlanConfig
 from waha_pipeline.defs.partitions import CHANNELS, CHUNKS
 from waha_pipeline.defs.run_tags import CHANNEL_TAG, run_tags
 
+IN_PROGRESS = [
+    dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,
+]
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 # Runs the CLI executes in its own process; their liveness is the channel's import lock (CrmStore.import_lock),
@@ -152,7 +155,7 @@ def other_runs_in_progress(instance: dg.DagsterInstance, channel_slug: str) -> l
     """Ids of the channel's runs in progress that the CLI did not launch (sensor, UI, backfill runs): their
     pending chunks are live. CLI runs are left out, their liveness is the import lock."""
     records = instance.get_run_records(
-        dg.RunsFilter(statuses=IN_PROGRESS_RUN_STATUSES, tags={CHANNEL_TAG: channel_slug})
+        dg.RunsFilter(statuses=IN_PROGRESS, tags={CHANNEL_TAG: channel_slug})
     )
     return [r.dagster_run.run_id for r in records if r.dagster_run.tags.get(LAUNCHED_BY_TAG) != CLI]
 

@@ -95,20 +95,27 @@ def chunk_contact(url: str, chunk: dict[str, Any]) -> str:
     return str(row)
 
 
+def corrupt_first_row(url: str, table: sa.Table, contact: str, **values: Any) -> str:
+    """Change the contact's first row of `table` (by id) behind the importer's back; returns its id."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            row_id = str(conn.execute(
+                sa.select(table.c.id).where(table.c.contact_id == contact).order_by(table.c.id).limit(1)
+            ).scalar_one())
+            conn.execute(sa.update(table).where(table.c.id == row_id).values(**values))
+    finally:
+        engine.dispose()
+    return row_id
+
+
 def test_a_session_count_changed_behind_the_importer_fails_its_check_until_the_chunk_is_rerun(
     cli_env: dict[str, str], imported: dict[str, Any]
 ) -> None:
     instance, url = dg.DagsterInstance.get(), cli_env["DATABASE_URL"]
     chunk = imported["chunks"][0]
     contact = chunk_contact(url, chunk)
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        session_id = str(conn.execute(
-            sa.select(sessions.c.id).where(sessions.c.contact_id == contact).order_by(sessions.c.id).limit(1)
-        ).scalar_one())
-        conn.execute(sa.update(sessions).where(sessions.c.id == session_id)
-                     .values(message_count=sessions.c.message_count + 1))
-    engine.dispose()
+    session_id = corrupt_first_row(url, sessions, contact, message_count=sessions.c.message_count + 1)
 
     assert execute_checks(instance, chunk["key"]).success  # a failed check is a result, not a failed run
     results = latest(instance, chunk["key"])
@@ -165,13 +172,7 @@ def test_a_message_moved_out_of_its_session_fails_the_session_check_naming_it(
     instance, url = dg.DagsterInstance.get(), cli_env["DATABASE_URL"]
     chunk = imported["chunks"][0]
     contact = chunk_contact(url, chunk)
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        message_id = str(conn.execute(
-            sa.select(messages.c.id).where(messages.c.contact_id == contact).order_by(messages.c.id).limit(1)
-        ).scalar_one())
-        conn.execute(sa.update(messages).where(messages.c.id == message_id).values(session_id=None))
-    engine.dispose()
+    message_id = corrupt_first_row(url, messages, contact, session_id=None)
 
     assert execute_checks(instance, chunk["key"]).success
     status, metadata = latest(instance, chunk["key"])[SESSIONS]
