@@ -196,7 +196,7 @@ class SimMiddleware:
             if path.startswith("/api") and state.api_key is not None and not self._authorized(scope):
                 await _json({"message": "Unauthorized", "statusCode": 401}, 401)(scope, receive, send_wrapper)
                 return
-            if state.plans and (name := _session_of(path)) is not None:
+            if (state.plans or state.delete_when) and (name := _session_of(path)) is not None:
                 state.tick(name)
             if faults.random:
                 decision = state.decider.decide(faults, scope["method"], path, scope.get("query_string", b""),

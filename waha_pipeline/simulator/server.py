@@ -144,8 +144,9 @@ class SimulatorHandle:
         """`status` from the (after_requests+1)th request to `session` on; WORKING again after for_requests."""
         self.state.schedule_status(session, status, after_requests, for_requests)
 
-    def delete_session(self, session: str, after_requests: int | None = None) -> None:
-        self.state.delete_session(session, after_requests)
+    def delete_session(self, session: str, after_requests: int | None = None,
+                       when: Callable[[], bool] | None = None) -> None:
+        self.state.delete_session(session, after_requests, when)
 
     def restore_session(self, session: str, status: str | None = None) -> None:
         self.state.restore_session(session, status)

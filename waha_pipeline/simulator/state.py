@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -157,6 +158,8 @@ class SimulatorState:
     # session -> pending (due request number, action, argument); see tick()
     plans: dict[str, list[tuple[int, str, str | None]]] = field(default_factory=dict)
     session_requests: dict[str, int] = field(default_factory=dict)  # counted while a session has plans
+    # session -> a condition checked before each request to it; the session is deleted once it holds
+    delete_when: dict[str, Callable[[], bool]] = field(default_factory=dict)
     decider: Decider = field(init=False)
     listener: Any = field(default=None, repr=False)  # server.Listener when served by uvicorn (down/up)
 
@@ -313,13 +316,18 @@ class SimulatorState:
             if for_requests is not None:
                 self._plan(name, now + after_requests + for_requests + 1, "status", "WORKING")
 
-    def delete_session(self, name: str, after_requests: int | None = None) -> None:
-        """The session disappears from WAHA now, or from request after_requests+1 to it on."""
+    def delete_session(self, name: str, after_requests: int | None = None,
+                       when: Callable[[], bool] | None = None) -> None:
+        """The session disappears from WAHA now, from request after_requests+1 to it on, or from the first request
+        to it at which `when()` holds (e.g. "once the importer has committed something": a point in the client's
+        work that no request count marks)."""
         self._known(name)
         if after_requests is not None and after_requests < 0:
             raise ValueError("after_requests must not be negative")
         with self._lock:
-            if not after_requests:
+            if when is not None:
+                self.delete_when[name] = when
+            elif not after_requests:
                 self.deleted.add(name)
             else:
                 self._plan(name, self.session_requests.get(name, 0) + after_requests + 1, "delete", None)
@@ -331,6 +339,7 @@ class SimulatorState:
             self._check_status(status)
         with self._lock:
             self.deleted.discard(name)
+            self.delete_when.pop(name, None)
             pending = [p for p in self.plans.get(name, []) if p[1] != "delete"]
             self._set_plans(name, pending)
             if status is not None:
@@ -340,6 +349,7 @@ class SimulatorState:
         with self._lock:
             for n in [name] if name is not None else list(self.plans):
                 self._set_plans(n, [])
+                self.delete_when.pop(n, None)
 
     def _plan(self, name: str, due: int, action: str, arg: str | None) -> None:
         self.session_requests.setdefault(name, 0)
@@ -354,6 +364,10 @@ class SimulatorState:
     def tick(self, name: str) -> None:
         """One more /api request names session `name`: count it and apply the plans now due (before serving)."""
         with self._lock:
+            when = self.delete_when.get(name)
+            if when is not None and when():
+                del self.delete_when[name]
+                self.deleted.add(name)
             plans = self.plans.get(name)
             if not plans:
                 return

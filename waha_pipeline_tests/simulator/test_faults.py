@@ -257,6 +257,17 @@ def test_delete_after_requests_and_restore(h: SimulatorHandle, c: httpx.Client) 
     assert [c.get("/api/demo/lids/count").status_code for _ in range(3)] == [200, 200, 200]
 
 
+def test_delete_when_a_condition_holds(h: SimulatorHandle, c: httpx.Client) -> None:
+    ready = threading.Event()
+    h.delete_session("demo", when=ready.is_set)
+    assert [c.get(msgs()).status_code for _ in range(2)] == [200, 200]
+    assert c.get("/api/other/chats").status_code == 200  # other sessions are not affected
+    ready.set()
+    assert [c.get(msgs()).status_code for _ in range(2)] == [404, 404]
+    h.restore_session("demo")
+    assert c.get(msgs()).status_code == 200
+
+
 def test_down_refuses_connections_until_up(h: SimulatorHandle, c: httpx.Client) -> None:
     assert c.get("/api/sessions").status_code == 200  # a pooled keep-alive connection exists
     h.down()
