@@ -569,6 +569,25 @@ def create_app(state: SimulatorState) -> Starlette:
             return _json({"message": str(exc), "statusCode": 400}, 400)
         return _json({"external_id": entry.external_id, "ts": entry.ts, "defect": entry.defect})
 
+    async def sim_grow(request: Request) -> Response:
+        """{"new_messages"?: N, "new_chats"?: C, "late_messages"?: L, "at"?: T, "seed"?: S, "into_chats"?: K,
+        "since"?: F}: more history, generated like the rest (SimulatorState.grow); answers what was added. Runs on
+        the serving loop, so no WAHA request sees a chat half-grown."""
+        name = request.path_params["name"]
+        if name not in state.dataset.sessions:
+            return _unknown_session(name)
+        fields = ("new_messages", "new_chats", "late_messages", "at", "seed", "into_chats", "since")
+        try:
+            body = await _body(request)
+            unknown = set(body) - set(fields)
+            if unknown:
+                raise ValueError(f"unknown field(s) {sorted(unknown)}; known: {', '.join(fields)}")
+            args = {k: body[k] for k in fields if body.get(k) is not None}
+            result = state.grow(name, **args)
+        except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+            return _json({"message": str(exc), "statusCode": 400}, 400)
+        return _json(result)
+
     async def sim_down(request: Request) -> Response:
         """{"for_s": S}: close the listening socket and every open connection, reopen after S seconds.
         Over HTTP a duration is required: nothing could reach /_sim to bring it back."""
@@ -630,6 +649,7 @@ def create_app(state: SimulatorState) -> Starlette:
         Route("/_sim/sessions/{name}/restore", sim_restore_session, methods=["POST"]),
         Route("/_sim/sessions/{name}/chats", sim_add_chat, methods=["POST"]),
         Route("/_sim/sessions/{name}/messages", sim_add_message, methods=["POST"]),
+        Route("/_sim/sessions/{name}/grow", sim_grow, methods=["POST"]),
         Route("/_sim/down", sim_down, methods=["POST"]),
         Route("/_sim/faults", sim_faults, methods=["GET", "POST"]),
         Route("/_sim/truth", sim_truth),

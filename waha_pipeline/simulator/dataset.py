@@ -829,3 +829,129 @@ def build_dataset(spec: DatasetSpec, anchor: int | None = None) -> Dataset:
             gc.enable()
     gc.freeze()
     return Dataset(spec=spec, anchor=anchor, sessions=sessions)
+
+
+# ---------------------------------------------------------------------------------------------- growth
+
+class _Grower(_SessionBuilder):
+    """The session builder's generator over an existing session: the same message and chat rules (and engine
+    wire shapes), drawing from a stream of its own so a growth never changes what was built."""
+
+    def __init__(self, spec: DatasetSpec, sess: SimSession, stream: str, at: int) -> None:
+        # Not the builder's __init__: that one draws a new account identity; a growth keeps the session's.
+        self.spec, self.anchor = spec, at
+        self.rng = random.Random(f"waha-sim:{spec.seed}:{sess.name}:grow:{stream}")
+        self.erng = random.Random(f"waha-sim:{spec.seed}:{sess.name}:grow:{stream}:engine:{spec.engine}")
+        self.quirk_seq = 0
+        self.ids: set[str] = set()
+        self.lid_pool = set(sess.lids)
+        self.phones = {sess.me_phone, *sess.lids.values()}
+        for chat in sess.chats:
+            if chat.kind in DIRECT_KINDS:
+                self.phones.add(chat.id.split("@", 1)[0])
+            if chat.alt_phone:
+                self.phones.add(chat.alt_phone)
+        self.seq = max((e.seq for c in sess.chats for e in c.entries), default=0)
+        self.me_phone, self.me_lid, self.me_push = sess.me_phone, sess.me_lid, sess.me_push_name
+
+    def person_of(self, chat: SimChat) -> dict:
+        """Who speaks in an existing 1:1 chat: its latest inbound push name (the generator's per-chat person is
+        not kept after the build)."""
+        return self._host_person([e for e in chat.entries if e.blob is not None and e.row is None])
+
+
+def _growable(chat: SimChat, spec: DatasetSpec) -> bool:
+    """An importable 1:1 chat with served messages whose chat-list time is the true one (no NOWEB/WEBJS list
+    quirk), so a new message moves what the chat list shows exactly as it moves the chat."""
+    return (chat.kind in ONE_TO_ONE_KINDS and chat.list_quirk is None and chat_listed(chat, spec)
+            and chat.conversation_timestamp is not None)
+
+
+def _spread(rng: random.Random, total: int, hosts: int) -> list[int]:
+    """`total` items over `hosts` hosts, each >= 1 (hosts <= total)."""
+    counts = [1] * hosts
+    for _ in range(total - hosts):
+        counts[rng.randrange(hosts)] += 1
+    return counts
+
+
+def grow_session(spec: DatasetSpec, sess: SimSession, *, new_messages: int = 0, into_chats: int | None = None,
+                 new_chats: int = 0, late_messages: int = 0, at: int, since: int | None = None,
+                 seed: int = 0) -> dict:
+    """Add messages and chats to a built session with the generator's own rules (see SimulatorState.grow).
+
+    Deterministic: a pure function of the session as it stands, `at`, `since` and `seed` (the stream is keyed by
+    the session's highest store sequence too, so repeating a seed on a grown session draws new ids).
+    """
+    since = at if since is None else since
+    if since > at:
+        raise ValueError("since must not be later than at")
+    g = _Grower(spec, sess, f"{seed}:{max((e.seq for c in sess.chats for e in c.entries), default=0)}", at)
+    rng = g.rng
+    candidates = [c for c in sess.chats if _growable(c, spec)]
+    added: dict[str, dict[str, list[str]]] = {"new_messages": {}, "new_chats": {}, "late_messages": {}}
+    touched: dict[int, SimChat] = {}
+    rejects = 0
+
+    def emit(chat: SimChat, person: dict, times: list[int], what: str) -> None:
+        nonlocal rejects
+        n = len(chat.entries)
+        g._fill(chat, person, times)
+        new = chat.entries[n:]
+        added[what].setdefault(chat.id, []).extend(e.external_id or "" for e in new)
+        rejects += sum(1 for e in new if e.defect is not None)
+        touched[id(chat)] = chat
+
+    def oldest(chat: SimChat) -> int:
+        return min(e.ts for e in chat.entries if e.blob is not None)
+
+    # new messages: the last one of each chat at `at`, the others a few seconds before it, none before `since`
+    # nor before the chat's newest message (they append, so the chat list's time moves to `at`)
+    hosts = [c for c in candidates if c.conversation_timestamp <= at]  # type: ignore[operator]
+    k = min(len(hosts), new_messages, into_chats if into_chats is not None else -(-new_messages // 3))
+    if new_messages and k < 1:
+        raise ValueError("no chat can take new messages at that time")
+    for chat, n in zip(rng.sample(hosts, k), _spread(rng, new_messages, k) if k else []):
+        floor = max(since, chat.conversation_timestamp)  # type: ignore[type-var]
+        times = [at]
+        while len(times) < n:
+            times.append(max(floor, times[-1] - rng.randint(0, 90)))
+        emit(chat, g.person_of(chat), times[::-1], "new_messages")
+
+    # late history: inside the chat's span, strictly before its newest served message (the list time stays)
+    spans = [c for c in candidates if id(c) not in touched
+             and c.conversation_timestamp > oldest(c)]  # type: ignore[operator]
+    k = min(len(spans), late_messages, -(-late_messages // 3))
+    if late_messages and k < 1:
+        raise ValueError("no chat has a span to take late messages")
+    for chat, n in zip(rng.sample(spans, k), _spread(rng, late_messages, k) if k else []):
+        first, newest = oldest(chat), chat.conversation_timestamp
+        times = sorted(rng.randint(first, newest - 1) for _ in range(n))  # type: ignore[operator]
+        emit(chat, g.person_of(chat), times, "late_messages")
+
+    # new 1:1 chats (@c.us): a short conversation ending at `at`
+    for _ in range(new_chats):
+        person = g._person(_phone(rng, g.phones))
+        phone = person["phone"]
+        r = rng.random()
+        name = person["full"] if r < 0.6 else (_number_name(rng, phone) if r < 0.85 else None)
+        chat = SimChat(id=f"{phone}@c.us", kind=DIRECT, wire_id=f"{phone}@c.us", name=name)
+        times = [at]
+        for _ in range(rng.randint(1, 4)):
+            times.append(times[-1] - _intra_gap(rng))
+        emit(chat, person, times[::-1], "new_chats")
+        sess.chats.append(chat)
+        sess.chats_by_id[chat.id] = chat
+
+    for chat in touched.values():
+        chat.finalize()
+    return {
+        "at": at, "since": since, "seed": seed,
+        "new_messages": sum(map(len, added["new_messages"].values())),
+        "new_chats": len(added["new_chats"]),
+        "new_chat_messages": sum(map(len, added["new_chats"].values())),
+        "late_messages": sum(map(len, added["late_messages"].values())),
+        "rejects": rejects,
+        "chats": {what: sorted(by_chat) for what, by_chat in added.items()},
+        "external_ids": {what: sorted(i for ids in by_chat.values() for i in ids) for what, by_chat in added.items()},
+    }

@@ -161,6 +161,18 @@ class SimulatorHandle:
         """Serve a raw WAHA message in `chat_id`; see SimulatorState.add_message for the truth facts."""
         return self.state.add_message(session, chat_id, raw, content_type=content_type, defect=defect, **facts)
 
+    # ---- growth (also POST /_sim/sessions/{name}/grow)
+    def grow(self, session: str, *, new_messages: int = 0, new_chats: int = 0, late_messages: int = 0,
+             at: int | None = None, seed: int = 0, into_chats: int | None = None, since: int | None = None) -> dict:
+        """More history generated like the rest, included in the truth; see SimulatorState.grow. Applied on the
+        server's loop, so requests in flight see each chat before or after, never half-grown."""
+
+        async def apply() -> dict:
+            return self.state.grow(session, new_messages=new_messages, new_chats=new_chats,
+                                   late_messages=late_messages, at=at, seed=seed, into_chats=into_chats, since=since)
+
+        return asyncio.run_coroutine_threadsafe(apply(), self.state.listener.loop).result(timeout=60)
+
     # ---- the listener (also POST /_sim/down with {"for_s": S})
     def down(self, for_s: float | None = None) -> None:
         """Refuse connections (closed listening socket) and drop open ones; back up after for_s, or at up()."""

@@ -7,6 +7,7 @@ so the pieces that both touch are guarded by one lock and kept small.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import orjson
 
 from waha_pipeline.simulator.dataset import (
-    CONTENT_TYPES, INJECTED, Dataset, DatasetSpec, SimChat, SimSession, StoredMessage, chat_listed,
+    CONTENT_TYPES, INJECTED, Dataset, DatasetSpec, SimChat, SimSession, StoredMessage, chat_listed, grow_session,
 )
 from waha_pipeline.simulator.faults import FAULT_COUNTERS, Decider, Faults
 
@@ -266,6 +267,42 @@ class SimulatorState:
             chat.finalize()
             self.chat_index[session] = ChatIndex(sess.chats, self.dataset.spec)
         return entry
+
+    # ---- growth (a channel that gains messages while the importer keeps it in step)
+    def grow(self, session: str, *, new_messages: int = 0, new_chats: int = 0, late_messages: int = 0,
+             at: int | None = None, seed: int = 0, into_chats: int | None = None,
+             since: int | None = None) -> dict:
+        """Generate more history with the dataset's own generator and engine profile; the truth includes it.
+
+        - `new_messages` go to `into_chats` existing importable 1:1 chats (default: one per ~3 messages) whose
+          chat-list time is exact; each chat's last new message is at `at` (default: now), the others a few
+          seconds before, never before `since` (default `at`) nor the chat's newest message. The chat list's
+          time moves to `at`, as WAHA's does when a message arrives.
+        - `new_chats` new @c.us chats (importable, new phones, no lid mapping), 2-5 messages ending at `at`.
+        - `late_messages` go inside existing chats' spans (strictly before each chat's newest message, never into
+          a chat that got new messages): history WAHA syncs late. The chat list does not move, so an incremental
+          import cannot see them.
+        The dataset's anchor (the default truth window end) moves to `at` when it is later. Deterministic from
+        the session's contents and the arguments. Call it on the serving loop (the /_sim route and
+        SimulatorHandle.grow do) so no request sees a chat half-grown. Returns counts, chat ids and external ids.
+        """
+        sess = self._session_or_key_error(session)
+        values = {"new_messages": new_messages, "new_chats": new_chats, "late_messages": late_messages}
+        for key, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{key} must be a non-negative integer")
+        for key, value in (("at", at), ("since", since), ("into_chats", into_chats)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{key} must be a non-negative integer or null")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError("seed must be an integer")
+        at = int(time.time()) if at is None else at
+        with self._lock:
+            result = grow_session(self.dataset.spec, sess, new_messages=new_messages, into_chats=into_chats,
+                                  new_chats=new_chats, late_messages=late_messages, at=at, since=since, seed=seed)
+            self.chat_index[session] = ChatIndex(sess.chats, self.dataset.spec)
+            self.dataset.anchor = max(self.dataset.anchor, at)
+        return {"session": session, **result}
 
     def _session_or_key_error(self, name: str) -> SimSession:
         sess = self.dataset.sessions.get(name)
