@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import dagster as dg
 
 from waha_pipeline.defs.assets import channel_plan, chunk_import
 from waha_pipeline.defs.jobs import channel_plan_job, chunk_import_job
 from waha_pipeline.defs.resources import CrmResource, WahaResource
-from waha_pipeline.defs.sensors import waha_session_sensor
+from waha_pipeline.defs.sensors import build_session_sensor
+from waha_pipeline.settings import CatchUp
 
 
-def build_definitions(waha: WahaResource | None = None, crm: CrmResource | None = None) -> dg.Definitions:
+def build_definitions(
+    waha: WahaResource | None = None,
+    crm: CrmResource | None = None,
+    catchup: CatchUp | None = None,
+    clock: Callable[[], float] = time.time,
+) -> dg.Definitions:
+    """`catchup` defaults to WAHA_CATCHUP_MINUTES / WAHA_CATCHUP_DEEP_HOURS as the environment has them now."""
     return dg.Definitions(
         assets=[channel_plan, chunk_import],
         jobs=[channel_plan_job, chunk_import_job],
-        sensors=[waha_session_sensor],
+        sensors=[build_session_sensor(catchup or CatchUp.from_env(), clock)],
         resources={"waha": waha or WahaResource(), "crm": crm or CrmResource()},
         # UI backfills run the implicit asset job with this executor: no process per step.
         executor=dg.in_process_executor,

@@ -25,6 +25,8 @@ DEFAULT_PLAN_DEADLINE_S = 300.0  # listing chats and lids of a channel, retries 
 DEFAULT_CRM_LOCK_TIMEOUT_S = 60.0  # one wait for a lock inside a chunk's commit
 DEFAULT_CRM_STATEMENT_TIMEOUT_S = 300.0  # one statement of a chunk's commit
 DEFAULT_CHUNK_MAX_MB = 1024.0  # the messages one chunk holds as fetched JSON text (a seed channel is ~4 MB)
+DEFAULT_CATCHUP_MINUTES = 15.0  # incremental re-import of every WORKING channel
+DEFAULT_CATCHUP_DEEP_HOURS = 24.0  # re-read of every chat, also those the chat list shows unchanged
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,28 @@ class Settings:
 
 
 MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """How often the session sensor re-imports a WORKING channel (0 = never): incrementally every `every_seconds`,
+    and every `deep_every_seconds` with all chats (for engines whose chat list lags, and history WAHA syncs late).
+    Read when the code location loads, so a deployment changes it with its environment and a reload."""
+
+    every_seconds: float = DEFAULT_CATCHUP_MINUTES * 60
+    deep_every_seconds: float = DEFAULT_CATCHUP_DEEP_HOURS * 3600
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> CatchUp:
+        env = os.environ if env is None else env
+        return cls(
+            every_seconds=_non_negative_number(env, "WAHA_CATCHUP_MINUTES", DEFAULT_CATCHUP_MINUTES) * 60,
+            deep_every_seconds=_non_negative_number(env, "WAHA_CATCHUP_DEEP_HOURS", DEFAULT_CATCHUP_DEEP_HOURS) * 3600,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_seconds > 0
 
 
 def chunk_workers(import_workers: int, database_url: str) -> int:
@@ -168,4 +192,17 @@ def _positive_number(env: Mapping[str, str], name: str, default: float) -> float
     return value
 
 
-__all__ = ["Settings", "parse_database_url", "parse_waha_url", "redact_database_url"]
+def _non_negative_number(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{name} must be a number >= 0 (0 turns it off), got {raw!r}")
+    return value
+
+
+__all__ = ["CatchUp", "Settings", "parse_database_url", "parse_waha_url", "redact_database_url"]

@@ -3,12 +3,15 @@ the test, in process, so each state transition of the cursor is pinned without a
 
 Pins: WORKING sessions are planned once, then their chunks are launched as contiguous ranged runs with the
 channel/server/max_runtime tags; SCAN_QR_CODE and STOPPED sessions wait; a reconnect after a failed import
-plans again, after a successful one it does not; a WAHA outage is a sensor error, not a skip.
+plans again, after a successful one it does not; a WAHA outage is a sensor error, not a skip. Catch-up, on a
+fake clock: a channel is planned again once its latest plan is a cadence old (deep every deep interval), never
+while a CLI import holds the channel, and never when the cadence is 0.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,13 +31,23 @@ from waha_pipeline.defs.run_tags import (
     run_tags,
     waha_server_label,
 )
-from waha_pipeline.defs.sensors import REQUEST_TAG, waha_session_sensor
+from waha_pipeline.defs.sensors import REQUEST_TAG, TRIGGER_TAG
 from waha_pipeline.domain.planning import channel_slug
+from waha_pipeline.settings import CatchUp
 from waha_pipeline.simulator.dataset import DatasetSpec, SessionSpec
 from waha_pipeline.simulator.server import run_in_thread
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
+CADENCE = CatchUp(every_seconds=15 * 60, deep_every_seconds=24 * 3600)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
 
 # ---------------------------------------------------------------- FIXTURES
 
@@ -61,9 +74,10 @@ def world(sim, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     resources = {"waha": WahaResource(base_url=sim.base_url),
                  "crm": CrmResource(database_url=pg_url, stage_dir=str(tmp_path / "stages"))}
     store = CrmStore.from_url(pg_url)
+    clock = FakeClock()
     with dg.instance_for_test() as instance:
-        yield {"defs": build_definitions(**resources), "resources": resources, "instance": instance, "store": store,
-               "sim": sim, "cursor": None}
+        yield {"defs": build_definitions(**resources, catchup=CADENCE, clock=clock), "resources": resources,
+               "instance": instance, "store": store, "sim": sim, "cursor": None, "clock": clock}
     store.dispose()
 
 
@@ -73,7 +87,7 @@ def tick(world: dict) -> SensorExecutionData:
     instance: dg.DagsterInstance = world["instance"]
     with dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(), cursor=world["cursor"],
                                  definitions=world["defs"], resources=world["resources"]) as context:
-        result = waha_session_sensor.evaluate_tick(context)
+        result = world["defs"].resolve_sensor_def("waha_session_sensor").evaluate_tick(context)
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     if result.cursor is not None:
@@ -214,3 +228,88 @@ def test_waha_outage_is_a_sensor_error_not_a_skip(world: dict) -> None:
     world["resources"] = {**world["resources"], "waha": WahaResource(base_url="http://127.0.0.1:9")}
     with pytest.raises(Exception):
         tick(world)
+
+
+def import_demo(world: dict) -> str:
+    """Connect-time import of demo, every run launched; returns the channel slug."""
+    [plan] = runs_of(tick(world))
+    assert launch(world, plan).success
+    for request in runs_of(tick(world)):
+        assert launch(world, request).success
+    tick(world)
+    assert phases(world)["demo"] == "done"
+    return plan.partition_key
+
+
+def latest_plan_time(world: dict, slug: str) -> int:
+    return world["store"].latest_plan(world["store"].channel_by_slug(slug).id).plan_time
+
+
+def crm_counts(world: dict, slug: str) -> dict[str, int]:
+    return world["store"].counts(world["store"].channel_by_slug(slug).id)
+
+
+def test_catch_up_plans_a_done_channel_again_once_a_cadence_has_passed(world: dict) -> None:
+    slug = import_demo(world)
+    before = crm_counts(world, slug)
+    world["clock"].now = latest_plan_time(world, slug) + CADENCE.every_seconds - 1
+    assert runs_of(tick(world)) == [], "not before a cadence has passed"
+    world["clock"].now += 1
+    [plan] = runs_of(tick(world))
+    assert plan.partition_key == slug and plan.tags[TRIGGER_TAG] == "catchup" and plan.run_key.startswith("plan:")
+    assert not plan.run_config, "an incremental plan: chats the chat list shows unchanged are left out"
+    assert runs_of(tick(world)) == [], "planning: no second request"
+    store, channel_id = world["store"], world["store"].channel_by_slug(slug).id
+    assert launch(world, plan).success
+    # nothing changed in WAHA: the plan holds only chats whose end no read could prove (listed without a time,
+    # nothing served), and after its runs the channel is done again with no row changed
+    latest = store.latest_plan(channel_id)
+    assert latest.skipped.get("up_to_date", 0) > 0
+    planned = store.plan_chats(latest.id)
+    assert all(c.last_message_at is None and store.chat_coverage(channel_id, [c.chat_id]) == {}
+               for c in planned.values()), planned
+    for request in runs_of(tick(world)):
+        assert launch(world, request).success
+    tick(world)
+    assert phases(world)["demo"] == "done" and crm_counts(world, slug) == before
+
+
+def test_catch_up_is_deep_once_a_deep_interval_has_passed(world: dict) -> None:
+    slug = import_demo(world)
+    world["clock"].now = latest_plan_time(world, slug) + CADENCE.deep_every_seconds
+    [plan] = runs_of(tick(world))
+    assert plan.tags[TRIGGER_TAG] == "deep"
+    assert plan.run_config == {"ops": {"channel_plan": {"config": {"all_chats": True}}}}
+    assert launch(world, plan).success
+    chunk_runs = runs_of(tick(world))
+    assert chunk_runs and all(r.tags[TRIGGER_TAG] == "deep" for r in chunk_runs), "every chat is read again"
+    for request in chunk_runs:
+        assert launch(world, request).success
+    world["clock"].now = latest_plan_time(world, slug)
+    assert runs_of(tick(world)) == [] and phases(world)["demo"] == "done"
+    world["clock"].now += CADENCE.every_seconds
+    [plan] = runs_of(tick(world))
+    assert plan.tags[TRIGGER_TAG] == "catchup", "the next one is incremental again"
+
+
+def test_catch_up_waits_while_a_cli_import_holds_the_channel(world: dict) -> None:
+    slug = import_demo(world)
+    world["clock"].now = latest_plan_time(world, slug) + CADENCE.every_seconds
+    other = CrmStore.from_url(world["resources"]["crm"].database_url)
+    try:
+        with other.import_lock(slug):
+            result = tick(world)
+            assert runs_of(result) == [] and "catch-up waits for an import by" in (result.skip_message or "")
+    finally:
+        other.dispose()
+    [plan] = runs_of(tick(world))
+    assert plan.tags[TRIGGER_TAG] == "catchup"
+
+
+def test_no_catch_up_when_the_cadence_is_zero(world: dict) -> None:
+    world["defs"] = build_definitions(**world["resources"], catchup=CatchUp(every_seconds=0), clock=world["clock"])
+    import_demo(world)
+    world["clock"].now += 365 * 24 * 3600
+    assert runs_of(tick(world)) == []
+    sensor = world["defs"].resolve_sensor_def("waha_session_sensor")
+    assert "never (WAHA_CATCHUP_MINUTES=0)" in (sensor.description or "")
