@@ -93,7 +93,10 @@ def channel_plan(context: dg.AssetExecutionContext, config: PlanConfig, waha: Wa
             stage,
             partitions_def=chunk_partitions,
             skippable=True,
-            deps=[STAGES[i - 1]] if i else [],
+            # A chunk is cut from its channel's plan. No built-in mapping sends "{slug}.cNNNN" to "{slug}", so the
+            # edge says "all channel plans": lineage only, nothing is loaded, and a chunk run or backfill does not
+            # wait for channel partitions outside its selection.
+            deps=[STAGES[i - 1]] if i else [dg.AssetDep(channel_plan, partition_mapping=dg.AllPartitionMapping())],
             group_name=GROUP,
             description=STAGE_DESCRIPTIONS[stage],
         )
