@@ -64,6 +64,7 @@ def measured_import(sc: bench.Scenario, sim: bench.Simulator, db: str, home: Pat
         "label": label, "exit_code": res["exit_code"], "wall_s": res["wall_s"],
         "cpu_importer_s": res["cpu_importer_s"], "requests": {k: stats.get(k, 0) for k in KINDS},
         "chats_with_message_requests": len(stats.get("messages_by_chat") or {}),
+        "message_requests_by_chat": stats.get("messages_by_chat") if label != "first" else None,
         "rows_changed": {t: d["inserted"] + d["updated"] + d["deleted"] for t, d in crm.items()},
         "content_unchanged": all(d["same_content"] for d in crm.values()),
         "crm_messages": messages, "truth_messages": expected, "exact_count": messages == expected,
