@@ -46,6 +46,7 @@ def record_plan(conn: sa.Connection, tenant_id: str, channel_id: str, plan: Chan
         "session_timeout_minutes": plan.session_timeout_minutes,
         "chunk_size": plan.chunk_size,
         "include_groups": plan.include_groups,
+        "all_chats": plan.all_chats,
         "chats_total": sum(len(c.chats) for c in plan.chunks),
         "skipped": dict(plan.skipped),
     }
@@ -253,6 +254,7 @@ def _plan_record(m: Any) -> PlanRecord:
         session_timeout_minutes=m["session_timeout_minutes"],
         chunk_size=m["chunk_size"],
         include_groups=bool(m["include_groups"]),
+        all_chats=bool(m["all_chats"]),
         chats_total=m["chats_total"],
         skipped=dict(m["skipped"] or {}),
         created_at=m["created_at"],

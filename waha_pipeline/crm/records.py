@@ -48,6 +48,7 @@ class PlanRecord:
     session_timeout_minutes: int
     chunk_size: int
     include_groups: bool
+    all_chats: bool
     chats_total: int
     skipped: dict[str, int] = field(default_factory=dict)
     created_at: dt.datetime | None = None

@@ -182,6 +182,8 @@ import_plans = sa.Table(
     sa.Column("session_timeout_minutes", sa.Integer, nullable=False),
     sa.Column("chunk_size", sa.Integer, nullable=False),
     sa.Column("include_groups", sa.Boolean, nullable=False),
+    # every chat planned and read over the whole window, coverage notwithstanding (a deep pass)
+    sa.Column("all_chats", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("chats_total", sa.Integer, nullable=False),
     sa.Column("skipped", sa.JSON, nullable=False),
     _created_at(),

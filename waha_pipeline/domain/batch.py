@@ -91,6 +91,7 @@ class ChunkContext:
     window_start: int | None  # None = whole history (--days 0)
     window_end: int
     session_timeout_minutes: int
+    all_chats: bool = False  # read each chat over the whole window, also what the CRM covers (a deep pass)
 
 
 @dataclass

@@ -57,6 +57,7 @@ class ChannelPlan:
     include_groups: bool
     chunks: tuple[ChunkPlan, ...]
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> number of chats not imported
+    all_chats: bool = False  # no chat left out as up to date, and each read over the whole window (a deep pass)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -289,8 +289,9 @@ class ChunkRunner:
         # the chat list's last-message time of each chat, when the plan carries it (PlannedChat.last_message_at)
         last_at = {c.chat_id: c.last_message_at for c in work.chats}
         newest_first = await client.newest_first(work.waha_session)
+        reads_from = {} if work.context.all_chats else covered  # a deep pass reads the covered spans again
         fetch = client.measured(
-            stages.fetch_messages(client, work, chats, self.page_size, covered, last_at, newest_first,
+            stages.fetch_messages(client, work, chats, self.page_size, reads_from, last_at, newest_first,
                                   max_bytes=self.max_chunk_bytes)
         )
         try:

@@ -166,7 +166,7 @@ async def plan_and_record(
         known=None if request.all_chats else store.chat_coverage(channel.id),
         learned_phones=store.known_lid_phones(tenant_id),
     )
-    plan = with_slug(plan, channel.slug)
+    plan = dataclasses.replace(with_slug(plan, channel.slug), all_chats=request.all_chats)
     plan_id = ids.plan_id(channel.id, plan_time)
     store.record_plan(tenant_id, channel.id, plan, plan_id)
     return RecordedPlan(plan_id=plan_id, channel_id=channel.id, tenant_id=tenant_id, plan=plan)

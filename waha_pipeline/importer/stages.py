@@ -90,6 +90,7 @@ def load_work(store: CrmStore, chunk_key: str) -> ChunkWork:
         window_start=plan.window_start,
         window_end=plan.window_end,
         session_timeout_minutes=plan.session_timeout_minutes,
+        all_chats=plan.all_chats,
     )
     return ChunkWork(context=context, waha_session=channel.waha_session, chats=tuple(chats))
 

@@ -55,7 +55,7 @@ def test_migrations_create_every_table_and_constraint(migrated_url: str) -> None
 
 def test_upgrade_is_idempotent_and_at_head(migrated_url: str) -> None:
     upgrade(migrated_url)
-    assert current_revision(migrated_url) == "0005"
+    assert current_revision(migrated_url) == "0006"
 
 
 def test_store_rejects_unsupported_urls() -> None:
@@ -105,7 +105,7 @@ def test_0005_keeps_every_channel_and_its_rows_and_gives_each_a_unique_slug(url_
                     "sent_at, content_type) values (:id, :t, :ch, :co, 'x@c.us', 'e1', false, :c, 'text')"),
                     {"id": ids.message_id(channel_id, "e1"), "t": tenant, "ch": channel_id, "co": contact,
                      "c": created})
-        upgrade(url_at_0004)
+        upgrade(url_at_0004, "0005")
         assert current_revision(url_at_0004) == "0005"
         with engine.connect() as conn:
             got = {(r.tenant_id, r.waha_session): (str(r.id), r.slug, r.account, r.waha_server)

@@ -98,7 +98,7 @@ def tick(world: dict) -> SensorExecutionData:
 def launch(world: dict, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
     job = world["defs"].resolve_job_def(request.job_name)
     return job.execute_in_process(instance=world["instance"], partition_key=request.partition_key,
-                                  tags=request.tags, raise_on_error=False)
+                                  run_config=request.run_config, tags=request.tags, raise_on_error=False)
 
 
 def runs_of(result: SensorExecutionData) -> list[dg.RunRequest]:
@@ -281,6 +281,7 @@ def test_catch_up_is_deep_once_a_deep_interval_has_passed(world: dict) -> None:
     assert plan.tags[TRIGGER_TAG] == "deep"
     assert plan.run_config == {"ops": {"channel_plan": {"config": {"all_chats": True}}}}
     assert launch(world, plan).success
+    assert world["store"].latest_plan(world["store"].channel_by_slug(slug).id).all_chats
     chunk_runs = runs_of(tick(world))
     assert chunk_runs and all(r.tags[TRIGGER_TAG] == "deep" for r in chunk_runs), "every chat is read again"
     for request in chunk_runs:

@@ -58,8 +58,6 @@ def test_incremental_import_follows_growth_and_misses_exactly_the_history_synced
     assert {m[0] for m in want["messages"] - state["messages"]} == late_ids
 
 
-@pytest.mark.xfail(strict=True, reason="`--all-chats` plans every chat but still fetches only the window minus each "
-                                       "chat's coverage, so history synced inside a covered span never arrives")
 def test_a_deep_pass_brings_history_synced_late_inside_covered_spans(env, sim, capsys) -> None:
     url = env["DATABASE_URL"]
     imported(capsys)
