@@ -61,6 +61,12 @@ telemetry:
   enabled: false
 nux:
   enabled: false
+# WAHA client and importer warnings (chunk workers forward theirs) land in the run's event log; INFO keeps the
+# runs' own context.log.info lines, as Dagster gives the run's log manager this level too.
+python_logs:
+  managed_python_loggers:
+    - waha_pipeline
+  python_log_level: INFO
 # The stock SQLite event log opens a new engine per event; this one keeps them (waha_pipeline/defs/sqlite_event_log.py).
 event_log_storage:
   module: waha_pipeline.defs.sqlite_event_log
