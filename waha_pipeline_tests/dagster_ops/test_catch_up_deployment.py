@@ -113,9 +113,11 @@ def test_the_sensor_keeps_a_channel_in_step_with_no_action_by_anyone(sim: Any, d
 
     # 2. an unchanged channel: the next catch-up plans again and changes no row
     before = digest(crm_url)
-    later = wait_for("a catch-up of the unchanged channel",
-                     lambda: (lambda h: h if len(h) > len(first) and h[-1]["done"] else None)(plans(crm_url)),
-                     timeout=WITHIN_A_CADENCE_S, interval=2)
+    def caught_up_again() -> list[dict[str, Any]] | None:
+        history = plans(crm_url)
+        return history if len(history) > len(first) and history[-1]["done"] else None
+
+    later = wait_for("a catch-up of the unchanged channel", caught_up_again, timeout=WITHIN_A_CADENCE_S, interval=2)
     assert not later[-1]["all_chats"]
     assert digest(crm_url) == before
     catchups = [r for r in stack.runs() if r["tags"].get("waha_pipeline/trigger") == "catchup"]
@@ -124,15 +126,19 @@ def test_the_sensor_keeps_a_channel_in_step_with_no_action_by_anyone(sim: Any, d
     # 3. WAHA gains new messages in existing chats and new chats: the CRM follows within a cadence
     grown = sim.grow("demo", new_messages=12, new_chats=2, seed=1)
     assert grown["rejects"] == 0
-    caught = wait_for("new messages and chats in the CRM", lambda: (lambda h: h if h and h[-1]["plan_time"] >=
-                      grown["at"] else None)(exact(sim, crm_url)), timeout=WITHIN_A_CADENCE_S, interval=2)
-    assert caught[-1]["plan_time"] >= grown["at"]
+    def grown_in_crm() -> list[dict[str, Any]] | None:
+        history = exact(sim, crm_url)
+        return history if history and history[-1]["plan_time"] >= grown["at"] else None
+
+    wait_for("new messages and chats in the CRM", grown_in_crm, timeout=WITHIN_A_CADENCE_S, interval=2)
 
     # 4. history synced late inside imported spans: the next deep pass brings it in
     late = sim.grow("demo", late_messages=5, seed=2)
     assert late["late_messages"] == 5
-    deep = wait_for("late history in the CRM after a deep pass",
-                    lambda: (lambda h: h if h and any(p["all_chats"] and p["plan_time"] >= late["at"] for p in h)
-                             else None)(exact(sim, crm_url)),
-                    timeout=DEEP_HOURS * 3600 + WITHIN_A_CADENCE_S, interval=3)
-    assert any(p["all_chats"] for p in deep)
+    def late_in_crm() -> list[dict[str, Any]] | None:
+        history = exact(sim, crm_url)
+        deep_after = history and any(p["all_chats"] and p["plan_time"] >= late["at"] for p in history)
+        return history if deep_after else None
+
+    wait_for("late history in the CRM after a deep pass", late_in_crm,
+             timeout=DEEP_HOURS * 3600 + WITHIN_A_CADENCE_S, interval=3)
