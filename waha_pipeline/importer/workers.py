@@ -10,6 +10,10 @@ Workers are forked by a fork server that has imported this module once (importer
 in milliseconds and never inherit the threads of a Dagster process; they get everything they need as plain values.
 A worker exits as soon as its parent is gone (it watches a pipe only the parent holds open), so a killed import
 leaves no process committing behind its back; a worker that dies fails only the chunks it held, transiently.
+
+A worker's own log records at WARNING and above (WAHA retries, an open circuit, a failed chunk) travel the same pipe
+and are logged again in the parent under their logger's name, tagged with the worker's name: in a Dagster run the
+managed Python loggers (dagster.yaml `python_logs`) put them in the run's event log, as they do with the parent's.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from waha_pipeline.waha.client import WahaClient
 logger = logging.getLogger(__name__)
 
 STOP_SECONDS = 10.0
+PACKAGE_LOGGER = __name__.partition(".")[0]  # the logger dagster.yaml names in managed_python_loggers
+FORWARDED_LEVEL = logging.WARNING  # what a worker forwards: no INFO traffic per chunk or page
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,43 @@ class _Done:
 @dataclass(frozen=True)
 class _Crashed:
     reason: str
+
+
+@dataclass(frozen=True)
+class _Log:
+    """A log record of a worker, as text: records can hold unpicklable arguments and tracebacks."""
+
+    name: str
+    level: int
+    message: str  # formatted, with the traceback if any
+    worker: str  # the worker's process name
+
+
+class _Outbox:
+    """The worker's end of its events pipe. Log records come from any thread (the WAHA client logs on the fetch
+    loop's thread) while the chunk loop sends events, and a Connection must not have two senders at once."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, message: object) -> None:
+        with self._lock:
+            self._conn.send(message)
+
+
+class _ForwardLogs(logging.Handler):
+    def __init__(self, outbox: _Outbox) -> None:
+        super().__init__(FORWARDED_LEVEL)
+        self._outbox = outbox
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._outbox.send(_Log(record.name, record.levelno, self.format(record), record.processName or "worker"))
+        except OSError:  # the parent is gone; this worker follows it out (_exit_with_parent)
+            pass
+        except Exception:  # noqa: BLE001 - logging must not break the chunk loop
+            self.handleError(record)
 
 
 @dataclass
@@ -162,6 +205,8 @@ def run_in_workers(
                     if key is not None:
                         worker.keys.append(key)
                     worker.orders.send(key)
+                elif isinstance(message, _Log):
+                    _relog(message)
                 elif isinstance(message, (_Done, _Crashed)):
                     del live[conn]
                     worker.finished = True
@@ -193,6 +238,14 @@ def _start(spec: RunnerSpec, number: int, selected: set[str], skip_committed: bo
     return _Worker(process, events_out, orders_in, lifeline_in)
 
 
+def _relog(log: _Log) -> None:
+    """Under the worker's logger name, so that whatever handles this process's records (in a run: Dagster's
+    managed loggers) handles the worker's too."""
+    target = logging.getLogger(log.name)
+    if target.isEnabledFor(log.level):
+        target.handle(target.makeRecord(log.name, log.level, "", 0, "%s [%s]", (log.message, log.worker), None))
+
+
 def _mark_failed(store: CrmStore, failure: ChunkFailed) -> None:
     found = store.latest_chunk(failure.chunk_key)
     if found is not None:  # a chunk the worker had committed keeps its status (mark_chunk_failed)
@@ -208,18 +261,22 @@ def _work(
     lifeline: Connection,
 ) -> None:
     threading.Thread(target=_exit_with_parent, args=(lifeline,), name="parent-watch", daemon=True).start()
+    outbox = _Outbox(events)
+    forward = _ForwardLogs(outbox)
+    logging.getLogger(PACKAGE_LOGGER).addHandler(forward)
     runner = spec.runner()
     try:
-        for event in runner.run(_orders(events, orders), selected, skip_committed=skip_committed):
-            events.send(event)
-        events.send(_Done())
+        for event in runner.run(_orders(outbox, orders), selected, skip_committed=skip_committed):
+            outbox.send(event)
+        outbox.send(_Done())
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the step with it
-        events.send(_Crashed(f"{type(exc).__name__}: {one_line(exc)}"))
+        outbox.send(_Crashed(f"{type(exc).__name__}: {one_line(exc)}"))
     finally:
+        logging.getLogger(PACKAGE_LOGGER).removeHandler(forward)  # the parent stops reading after _Done
         runner.store.dispose()
 
 
-def _orders(events: Connection, orders: Connection) -> Iterator[str]:
+def _orders(events: _Outbox, orders: Connection) -> Iterator[str]:
     while True:
         events.send(_Want())
         key = orders.recv()
