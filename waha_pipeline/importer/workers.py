@@ -240,9 +240,10 @@ def _start(spec: RunnerSpec, number: int, selected: set[str], skip_committed: bo
 
 def _relog(log: _Log) -> None:
     """Under the worker's logger name, so that whatever handles this process's records (in a run: Dagster's
-    managed loggers) handles the worker's too."""
+    managed loggers) handles the worker's too. Where nothing does (an instance config without `python_logs`),
+    they are dropped rather than printed by logging's last-resort handler: the CLI keeps workers' stderr quiet."""
     target = logging.getLogger(log.name)
-    if target.isEnabledFor(log.level):
+    if target.isEnabledFor(log.level) and target.hasHandlers():
         target.handle(target.makeRecord(log.name, log.level, "", 0, "%s [%s]", (log.message, log.worker), None))
 
 
