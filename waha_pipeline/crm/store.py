@@ -11,7 +11,9 @@ import fcntl
 import logging
 import os
 import socket
-from collections.abc import Collection, Iterator
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,20 @@ import pandas as pd
 import sqlalchemy as sa
 
 from waha_pipeline.crm import commit, coverage, ledger, sql
-from waha_pipeline.crm.records import ChannelRecord, ChunkRecord, CommitResult, PlanRecord
+from waha_pipeline.crm.records import (
+    ChannelRecord,
+    ChunkRecord,
+    CommitResult,
+    PlanRecord,
+)
 from waha_pipeline.crm.schema import (
-    channels, contacts, import_chunks, import_plans, message_rejects, messages, sessions,
+    channels,
+    contacts,
+    import_chunks,
+    import_plans,
+    message_rejects,
+    messages,
+    sessions,
 )
 from waha_pipeline.domain import ids
 from waha_pipeline.domain.batch import ChunkBatch, conform
@@ -45,6 +58,11 @@ class AmbiguousChannel(PipelineError):
         listed = "; ".join(c.label() for c in candidates)
         super().__init__(f"channel {name!r} is ambiguous: {len(candidates)} channels carry that session name "
                          f"({listed}); name one by its slug")
+
+LOCK_POLL_SECONDS = 1.0  # how often a waiting import asks for a channel's import lock again
+# (database, channel slug) -> how many blocks of this process hold that channel's import lock
+_HELD: dict[tuple[str, str], int] = {}
+_HELD_GUARD = threading.Lock()
 
 STORED_MESSAGE_COLUMNS = {"contact_id": "string", "external_id": "string", "sent_at": "int64", "from_me": "bool"}
 
@@ -261,33 +279,69 @@ class CrmStore:
     # -- the import lock --------------------------------------------------------------------------------------
 
     @contextmanager
-    def import_lock(self, channel_slug: str) -> Iterator[None]:
-        """Hold the channel's import lock while the block runs, or raise ImportRunning naming the holder.
+    def import_lock(self, channel_slug: str, *, wait_seconds: float = 0.0,
+                    on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold the channel's import lock while the block runs. While another process holds it, wait up to
+        `wait_seconds` (`on_wait` hears who holds it, once), then raise ImportRunning naming the holder.
 
         The lock is what makes a pending chunk "live": while a process holds it, its pending chunks are being
         worked on; once it is free, pending chunks of the latest plan are stale and re-run. PostgreSQL: a session
         advisory lock on a connection of its own (autocommit, idle), released when the process or the connection
-        dies; SQLite: an flock on a file beside the database, released when the process dies."""
+        dies; SQLite: an flock on a file beside the database, released when the process dies. A process that holds
+        it already (a CLI import running its chunk runs in process) enters it again at once."""
+        key = (self.engine.url.render_as_string(hide_password=True), channel_slug)
+        with _HELD_GUARD:
+            again = key in _HELD
+            if again:
+                _HELD[key] += 1
+        if not again:
+            deadline = time.monotonic() + wait_seconds
+            release = self._try_import_lock(channel_slug)
+            if isinstance(release, str) and on_wait is not None and wait_seconds > 0:
+                on_wait(release)
+            while isinstance(release, str):
+                if time.monotonic() >= deadline:
+                    raise ImportRunning(release)
+                time.sleep(min(LOCK_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+                release = self._try_import_lock(channel_slug)
+            with _HELD_GUARD:
+                _HELD[key] = 1
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                _HELD[key] -= 1
+                last = _HELD[key] == 0
+                if last:
+                    del _HELD[key]
+            if last:
+                release()
+
+    def _try_import_lock(self, channel_slug: str) -> Callable[[], None] | str:
+        """The lock taken (returns how to release it), or who holds it."""
         if self.engine.dialect.name != "postgresql":
-            with _file_lock(self.engine.url, channel_slug):
-                yield
-            return
+            return _try_file_lock(self.engine.url, channel_slug)
         conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         try:
             conn.execute(sa.text("SELECT set_config('application_name', :name, false)"), {"name": _holder_name()})
             if not ledger.try_import_lock(conn, channel_slug):
                 holder = ledger.import_lock_holder(conn, channel_slug)
-                raise ImportRunning(f"channel {channel_slug!r} is being imported by {holder or 'another process'}")
-            try:
-                yield
-            finally:
-                try:
-                    ledger.release_import_lock(conn, channel_slug)
-                    conn.execute(sa.text("RESET application_name"))
-                except sa.exc.DBAPIError:  # the connection was lost (and the lock with it): never reuse it
-                    conn.invalidate()
-        finally:
+                conn.close()
+                return f"channel {channel_slug!r} is being imported by {holder or 'another process'}"
+        except BaseException:
             conn.close()
+            raise
+
+        def release() -> None:
+            try:
+                ledger.release_import_lock(conn, channel_slug)
+                conn.execute(sa.text("RESET application_name"))
+            except sa.exc.DBAPIError:  # the connection was lost (and the lock with it): never reuse it
+                conn.invalidate()
+            finally:
+                conn.close()
+
+        return release
 
     def import_lock_holder(self, channel_slug: str) -> str | None:
         """Who imports the channel now (None: nobody, so its pending chunks are stale)."""
@@ -398,30 +452,30 @@ def _lock_path(url: sa.URL, channel_slug: str) -> Path | None:
     return Path(database).expanduser().with_name(f"{Path(database).name}.import-{channel_slug}.lock")
 
 
-@contextmanager
-def _file_lock(url: sa.URL, channel_slug: str) -> Iterator[None]:
+def _try_file_lock(url: sa.URL, channel_slug: str) -> Callable[[], None] | str:
     path = _lock_path(url, channel_slug)
     if path is None:  # an in-memory database lives in one process
-        yield
-        return
+        return lambda: None
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            raise ImportRunning(
-                f"channel {channel_slug!r} is being imported by {handle.read().strip() or 'another process'}"
-            ) from None
-        try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(_holder_name())
-            handle.flush()
-            yield
-        finally:
-            handle.truncate(0)
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        return f"channel {channel_slug!r} is being imported by {holder or 'another process'}"
+    handle.seek(0)
+    handle.truncate()
+    handle.write(_holder_name())
+    handle.flush()
+
+    def release() -> None:
+        handle.truncate(0)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+    return release
 
 
 def _file_lock_holder(url: sa.URL, channel_slug: str) -> str | None:

@@ -10,12 +10,16 @@ Failed: events are logged per chunk, and the step raises at the end if any chunk
 import asyncio
 import time
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
+from contextlib import ExitStack
 
 import dagster as dg
 
+from waha_pipeline.crm.store import CrmStore, ImportRunning
 from waha_pipeline.defs.checks import CHECK_SPECS, evaluate_chunk, fetched_from_instance
 from waha_pipeline.defs.partitions import channel_partitions, chunk_partitions
 from waha_pipeline.defs.resources import CrmResource, WahaResource
+from waha_pipeline.domain.planning import slug_of_chunk
 from waha_pipeline.importer.chunk_runner import ChunkFailed
 from waha_pipeline.importer.planner import PlanRequest, find_session, plan_and_record
 from waha_pipeline.importer.stage_plan import STAGES
@@ -24,6 +28,8 @@ from waha_pipeline.importer.workers import run_in_workers
 GROUP = "waha_import"
 MAX_CHUNKS_PER_RUN = 50
 STEP_RETRIES = 2  # a step retry redoes only the chunks of its range that did not commit
+# How long a step waits for its channel while another import (a CLI, a run of another backfill) holds it.
+CHANNEL_WAIT_SECONDS = 900
 
 STAGE_DESCRIPTIONS = {
     "raw_chat_list": "The chunk's chats as the plan recorded them, with the identity each resolves to.",
@@ -67,7 +73,8 @@ def channel_plan(context: dg.AssetExecutionContext, config: PlanConfig, waha: Wa
                 fetch_deadline=settings.waha_plan_deadline_seconds, waha_server=waha.server_url(),
             )
 
-    recorded = asyncio.run(plan())
+    with channels_to_ourselves(context, crm.store, [context.partition_key]):
+        recorded = asyncio.run(plan())
     crm.stages().prune(recorded.plan.channel_slug, keep_plan_id=recorded.plan_id)
     chunk_keys = [c.key for c in recorded.plan.chunks]
     context.log.info("plan %s: %d chunks", recorded.plan_id, len(chunk_keys))
@@ -121,6 +128,39 @@ def chunk_import(
         for key in keys:
             yield from evaluate_chunk(crm.store, key, fetched_from_instance(context.instance, key), checks, context.instance)
         return
+    with channels_to_ourselves(context, crm.store, [slug_of_chunk(key) for key in keys]):
+        yield from _import_chunks(context, waha, crm, keys, selected, skip_committed, checks)
+
+
+def channels_to_ourselves(context: dg.AssetExecutionContext, store: CrmStore, slugs: list[str]) -> ExitStack:
+    """Hold the import lock of each channel the step works on, however its run was started (a sensor, a UI
+    backfill without tags, a CLI import, whose own process holds it already), so two imports of one channel never
+    plan or commit at the same time. While another process holds one, the step waits (logged), then fails."""
+    stack = ExitStack()
+    try:
+        for slug in sorted(set(slugs)):
+            stack.enter_context(store.import_lock(
+                slug, wait_seconds=CHANNEL_WAIT_SECONDS,
+                on_wait=lambda held: context.log.warning(f"{held}; waiting up to {CHANNEL_WAIT_SECONDS} s")))
+    except ImportRunning as exc:
+        stack.close()
+        raise dg.Failure(description=f"{exc}; nothing was done (waited {CHANNEL_WAIT_SECONDS} s)",
+                         allow_retries=False) from None
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
+def _import_chunks(
+    context: dg.AssetExecutionContext,
+    waha: WahaResource,
+    crm: CrmResource,
+    keys: list[str],
+    selected: set[str],
+    skip_committed: bool,
+    checks: AbstractSet[dg.AssetCheckKey],
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     fetched: dict[str, int] = {}
     workers = waha.worker_count(crm, len(keys))
     spec = waha.runner_spec(crm, workers)

@@ -96,6 +96,11 @@ def chunk_key(slug: str, index: int) -> str:
     return f"{slug}.c{index:04d}"
 
 
+def slug_of_chunk(key: str) -> str:
+    """The channel slug a chunk key starts with (slugs hold no dot, so the last one separates them)."""
+    return key.rsplit(".", 1)[0]
+
+
 def plan_window(plan_time: int, days: int) -> tuple[int | None, int]:
     """Inclusive `[plan_time - days*86400, plan_time]`; days 0 drops the lower bound only (SPEC 6.1)."""
     if days < 0:
