@@ -48,12 +48,7 @@ class PlanConfig(dg.Config):
     all_chats: bool = False  # also chats the chat list shows unchanged (when an engine's list lags behind)
 
 
-@dg.asset(
-    partitions_def=channel_partitions,
-    group_name=GROUP,
-    description="A channel's import plan: its chats split into chunks over a fixed window, stored in the CRM ledger.",
-)
-def channel_plan(context: dg.AssetExecutionContext, config: PlanConfig, waha: WahaResource, crm: CrmResource) -> dg.MaterializeResult:
+def plan_channel(context: dg.AssetExecutionContext, config: PlanConfig, waha: WahaResource, crm: CrmResource) -> dg.MaterializeResult:
     plan_time = int(time.time())
     request = PlanRequest(
         days=config.days,
@@ -93,31 +88,7 @@ def channel_plan(context: dg.AssetExecutionContext, config: PlanConfig, waha: Wa
     )
 
 
-@dg.multi_asset(
-    name="chunk_import",
-    specs=[
-        dg.AssetSpec(
-            stage,
-            partitions_def=chunk_partitions,
-            skippable=True,
-            # A chunk is cut from its channel's plan. No built-in mapping sends "{slug}.cNNNN" to "{slug}", so the
-            # edge says "all channel plans": lineage only, nothing is loaded, and a chunk run or backfill does not
-            # wait for channel partitions outside its selection.
-            deps=[STAGES[i - 1]] if i else [dg.AssetDep(channel_plan, partition_mapping=dg.AllPartitionMapping())],
-            group_name=GROUP,
-            description=STAGE_DESCRIPTIONS[stage],
-        )
-        for i, stage in enumerate(STAGES)
-    ],
-    partitions_def=chunk_partitions,
-    check_specs=CHECK_SPECS,  # evaluated per chunk right after it commits (defs/checks.py)
-    can_subset=True,
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_CHUNKS_PER_RUN),
-    retry_policy=dg.RetryPolicy(
-        max_retries=STEP_RETRIES, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
-    ),
-)
-def chunk_import(
+def import_chunk_range(
     context: dg.AssetExecutionContext, waha: WahaResource, crm: CrmResource
 ) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation]:
     """Re-running is safe: every write is an idempotent upsert and sessions are recomputed, never appended."""
@@ -205,3 +176,47 @@ def _import_chunks(
             },
             allow_retries=retryable,
         )
+
+
+def import_assets(pool: str | None = None) -> tuple[dg.AssetsDefinition, dg.AssetsDefinition]:
+    """`channel_plan` and the five chunk assets (`chunk_import`), both in `pool`: the Dagster concurrency pool of
+    their WAHA server (run_tags.waha_pool), whose limit the instance sets; every run that plans or imports chunks
+    holds a slot of it while its step runs, however the run was started."""
+    plan = dg.asset(
+        name="channel_plan",
+        partitions_def=channel_partitions,
+        group_name=GROUP,
+        pool=pool,
+        description="A channel's import plan: its chats split into chunks over a fixed window, stored in the CRM "
+        "ledger.",
+    )(plan_channel)
+    chunks = dg.multi_asset(
+        name="chunk_import",
+        specs=[
+            dg.AssetSpec(
+                stage,
+                partitions_def=chunk_partitions,
+                skippable=True,
+                # A chunk is cut from its channel's plan. No built-in mapping sends "{slug}.cNNNN" to "{slug}", so
+                # the edge says "all channel plans": lineage only, nothing is loaded, and a chunk run or backfill
+                # does not wait for channel partitions outside its selection.
+                deps=[STAGES[i - 1]] if i else [dg.AssetDep("channel_plan", partition_mapping=dg.AllPartitionMapping())],
+                group_name=GROUP,
+                description=STAGE_DESCRIPTIONS[stage],
+            )
+            for i, stage in enumerate(STAGES)
+        ],
+        partitions_def=chunk_partitions,
+        check_specs=CHECK_SPECS,  # evaluated per chunk right after it commits (defs/checks.py)
+        can_subset=True,
+        pool=pool,
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=MAX_CHUNKS_PER_RUN),
+        retry_policy=dg.RetryPolicy(
+            max_retries=STEP_RETRIES, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+        ),
+    )(import_chunk_range)
+    return plan, chunks
+
+
+# The assets without a pool: what the graph holds wherever the WAHA server is (build_definitions sets the pool).
+channel_plan, chunk_import = import_assets()

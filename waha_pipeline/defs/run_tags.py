@@ -1,6 +1,7 @@
 """Run tags every import run carries: its channel, its WAHA server, a runtime bound sized from its chunks and
-crash-only run retries. The root dagster.yaml turns the first two into concurrency limits and the runtime into
-a run-monitoring timeout; CLI runs, sensor runs and documented automation all use `run_tags`.
+crash-only run retries. The root dagster.yaml turns the channel tag into a queue limit (one run per channel) and
+the runtime into a run-monitoring timeout; CLI runs, sensor runs and documented automation all use `run_tags`.
+The WAHA server's limit is a concurrency pool (`waha_pool`), which holds for runs without these tags too.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ def waha_server_label(base_url: str) -> str:
     host = parts.hostname or "unknown"
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{host}:{port}"
+
+
+def waha_pool(base_url: str | None) -> str:
+    """The Dagster concurrency pool of a WAHA server: `waha/host:port` (`waha` while no server is configured).
+    Its limit (dagster.yaml `concurrency.pools`, or `dagster instance concurrency set`) bounds the steps that
+    call that server at once across all runs: sensor runs, UI backfills and CLI imports alike."""
+    return f"waha/{waha_server_label(base_url)}" if base_url else "waha"
 
 
 def run_tags(channel_slug: str, waha_server: str, chunks: int) -> dict[str, str]:

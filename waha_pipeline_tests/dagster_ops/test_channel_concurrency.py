@@ -2,6 +2,7 @@
 without any of the product's tags (as a UI backfill launches it) waits while another process holds the channel's
 import lock and runs once it is free, or fails with one clear line after its wait bound, having changed nothing.
 The other process is a real one: a process that holds the lock itself enters it again (a CLI's in-process runs).
+And steps that call one WAHA server hold a slot of its Dagster concurrency pool, whatever started their run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from waha_pipeline.defs import assets
 from waha_pipeline.defs.launch import add_partitions
 from waha_pipeline.defs.partitions import CHANNELS, CHUNKS
 from waha_pipeline.defs.resources import CrmResource, WahaResource
+from waha_pipeline.defs.run_tags import waha_pool
 from waha_pipeline.domain.planning import channel_slug
 from waha_pipeline.importer.stage_plan import STAGES
 from waha_pipeline.settings import CatchUp
@@ -53,9 +55,10 @@ def world(sim: Any, pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                  "crm": CrmResource(database_url=pg_url, stage_dir=str(tmp_path / "stages"))}
     store = CrmStore.from_url(pg_url)
     slug = channel_slug("demo", sim.state.dataset.sessions["demo"].me_phone)
-    with dg.instance_for_test() as instance:
+    pools = {"concurrency": {"pools": {"default_limit": 1}}}  # one step per WAHA server at a time
+    with dg.instance_for_test(overrides=pools) as instance:
         yield {"defs": build_definitions(**resources, catchup=CatchUp(every_seconds=0)), "instance": instance,
-               "store": store, "url": pg_url, "slug": slug}
+               "store": store, "url": pg_url, "slug": slug, "pool": waha_pool(sim.base_url)}
     store.dispose()
 
 
@@ -149,3 +152,31 @@ def test_a_run_that_cannot_get_its_channel_fails_in_one_line_and_changes_nothing
     assert world["store"].latest_plan(channel.id) == before, "no plan was recorded meanwhile"
     assert all(c.status == "pending" for c in world["store"].plan_chunks(before.id))
     assert world["store"].counts(channel.id)["messages"] == 0
+
+
+def test_steps_of_one_waha_server_take_turns_in_its_pool(world: dict[str, Any]) -> None:
+    assert plan(world).success
+    keys = chunk_keys(world)
+    holder = Holder(world["url"], world["slug"])
+    results: dict[str, dg.ExecuteInProcessResult] = {}
+    chunks = threading.Thread(target=lambda: results.update(chunks=backfill_run(world, keys)), daemon=True)
+    planning = threading.Thread(target=lambda: results.update(plan=plan(world)), daemon=True)
+    try:
+        chunks.start()  # takes the pool's only slot, then waits for the channel
+        wait_for("the chunk run to hold the slot and wait for the channel",
+                 lambda: logged(world, "is being imported by") or not chunks.is_alive(), timeout=120, interval=0.1)
+        planning.start()  # another run against the same WAHA server: no slot left
+        wait_for("the plan run to wait for the pool", lambda: logged(world, f"blocked by limit for pool {world['pool']}")
+                 or not planning.is_alive(), timeout=120, interval=0.1)
+        assert chunks.is_alive() and planning.is_alive() and "plan" not in results
+    finally:
+        holder.release()
+    chunks.join(timeout=300)
+    planning.join(timeout=300)
+    assert results["chunks"].success and results["plan"].success
+    def step_times(run_id: str, kind: dg.DagsterEventType) -> list[float]:
+        return [r.timestamp for r in world["instance"].all_logs(run_id, of_type=kind)]
+
+    chunks_done = max(step_times(results["chunks"].run_id, dg.DagsterEventType.STEP_SUCCESS))
+    plan_started = min(step_times(results["plan"].run_id, dg.DagsterEventType.STEP_START))
+    assert plan_started >= chunks_done, "the plan step started while the chunk step held the only slot"
