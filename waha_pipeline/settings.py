@@ -180,19 +180,14 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 def _positive_number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive number, got {raw!r}")
-    return value
+    return _number(env, name, default, zero_allowed=False)
 
 
 def _non_negative_number(env: Mapping[str, str], name: str, default: float) -> float:
+    return _number(env, name, default, zero_allowed=True)
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, zero_allowed: bool) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -200,8 +195,9 @@ def _non_negative_number(env: Mapping[str, str], name: str, default: float) -> f
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise ConfigError(f"{name} must be a number >= 0 (0 turns it off), got {raw!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+        wanted = "a number >= 0 (0 turns it off)" if zero_allowed else "a positive number"
+        raise ConfigError(f"{name} must be {wanted}, got {raw!r}")
     return value
 
 

@@ -126,3 +126,15 @@ def query(url: str, sql: str, **params: Any) -> list[Any]:
             return list(conn.execute(sa.text(sql), params).all())
     finally:
         engine.dispose()
+
+
+def committed_chunks(url: str) -> int:
+    """Chunks the ledger shows committed (0 before the first import has created the schema)."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("select count(*) from import_chunks where status = 'committed'")).scalar_one()
+    except sa.exc.ProgrammingError:
+        return 0
+    finally:
+        engine.dispose()

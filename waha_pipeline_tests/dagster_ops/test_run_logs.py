@@ -15,9 +15,9 @@ from typing import Any
 
 import dagster as dg
 import pytest
-import sqlalchemy as sa
 
 from waha_pipeline.simulator import DatasetSpec, Faults, run_in_thread
+from waha_pipeline_tests.crm_state import committed_chunks
 from waha_pipeline_tests.e2e.cli_run import cli
 
 SPEC = DatasetSpec(seed=5, chats=120, target_messages=900)
@@ -41,17 +41,6 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pg_url: str, sim: Any) 
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     return values
-
-
-def committed_chunks(url: str) -> int:
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(sa.text("select count(*) from import_chunks where status = 'committed'")).scalar_one()
-    except sa.exc.ProgrammingError:  # the schema is not there before the import's first migration
-        return 0
-    finally:
-        engine.dispose()
 
 
 def warnings_of(instance: dg.DagsterInstance, job_name: str) -> list[str]:

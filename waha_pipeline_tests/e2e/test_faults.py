@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from waha_pipeline.simulator import DatasetSpec, Faults, run_in_thread
-from waha_pipeline_tests.crm_state import assert_matches, latest_plan, snapshot
+from waha_pipeline_tests.crm_state import assert_matches, committed_chunks, latest_plan, snapshot
 from waha_pipeline_tests.e2e.cli_run import cli, expected
 
 SPEC = DatasetSpec(seed=11, chats=260, target_messages=1600)
@@ -82,17 +82,6 @@ def test_waha_down_fails_every_chunk_fast_then_rerun_is_exact(env, sim, capsys) 
     code, out, err = cli(capsys, "rerun-failed", "demo")
     assert code == 0, out + err
     assert_matches(snapshot(url), expected(sim, url))
-
-
-def committed_chunks(url: str) -> int:
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(sa.text("select count(*) from import_chunks where status = 'committed'")).scalar_one()
-    except sa.exc.ProgrammingError:  # the schema is not there before the import's first migration
-        return 0
-    finally:
-        engine.dispose()
 
 
 def test_channel_deleted_mid_run_leaves_whole_chunks_then_rerun_is_exact(env, sim, capsys, monkeypatch) -> None:
