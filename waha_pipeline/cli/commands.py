@@ -43,16 +43,17 @@ from waha_pipeline.defs.launch import (
     was_interrupted,
 )
 from waha_pipeline.defs.partitions import CHUNKS
-from waha_pipeline.definitions import build_definitions
+from waha_pipeline.defs.location import build_definitions
 from waha_pipeline.errors import ConfigError, PipelineError, WahaPermanentError, WahaSessionNotFound
 from waha_pipeline.importer.planner import (
     ChannelNotPlannable, account_of, find_session, resolve_channel, session_of_channel,
 )
-from waha_pipeline.settings import Settings
+from waha_pipeline.settings import CatchUp, Settings
 from waha_pipeline.waha.client import WahaClient
 from waha_pipeline.waha.models import SessionInfo
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+NO_SENSOR_CATCHUP = CatchUp()  # commands run no sensor: WAHA_CATCHUP_* is the code location's to read
 
 DEFAULT_INSTANCE_YAML = """\
 # Embedded single-machine instance (SQLite storage), created by waha-pipeline on first use.
@@ -152,7 +153,7 @@ def import_channel(settings: Settings, args: argparse.Namespace, out: Output | N
     out = out or Output()
     session = asyncio.run(_require_session(settings, args.channel))  # unknown name: exit 2 before anything is written
     verbose = bool(getattr(args, "verbose", False))
-    defs = build_definitions()
+    defs = build_definitions(catchup=NO_SENSOR_CATCHUP)
     config = PlanConfig(
         days=args.days,
         session_timeout_minutes=args.session_timeout_minutes,
@@ -232,7 +233,7 @@ def rerun_failed(settings: Settings, args: argparse.Namespace, out: Output | Non
             out.say(f"re-running {len(failed)} failed and {len(pending)} pending chunk(s) of plan {plan_id}")
             todo = [c.chunk_key for c in chunks if c.status != "committed"]
             add_partitions(instance, CHUNKS, todo)  # a plan whose planning run was cut short has none yet
-            return _run_and_report(store, instance, build_definitions(), settings, signals, plan_id, channel,
+            return _run_and_report(store, instance, build_definitions(catchup=NO_SENSOR_CATCHUP), settings, signals, plan_id, channel,
                                    handle, todo, verbose, out)
 
 
