@@ -1,6 +1,6 @@
-"""Throughput of the per-message domain stages on synthetic rows (not collected by pytest).
+"""Throughput of the per-message domain stages on synthetic rows (not a test).
 
-Run: python -m waha_pipeline_tests.domain.bench_domain [rows]. Prints CPU and wall seconds per stage.
+Run: python bench/bench_domain.py [rows]. Prints CPU and wall seconds per stage.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One-off timing of commit_chunk (not a test): `python -m waha_pipeline_tests.crm.bench_commit [N] [CONTACTS]`.
+"""One-off timing of commit_chunk (not a test): `python bench/bench_commit.py [N] [CONTACTS]`.
 
 Creates a throwaway PostgreSQL database from WAHA_TEST_PG_ADMIN_URL, commits one chunk of N messages over
 CONTACTS contacts, then commits it again (the idempotent re-run), and prints both times.
@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test helpers below live in the repository, not the package
 
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.domain import ids
