@@ -6,8 +6,8 @@ One simulator for the module; every test starts from no faults, no plans, all se
 from __future__ import annotations
 
 import argparse
+import asyncio
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -18,7 +18,7 @@ import pytest
 from waha_pipeline.simulator import DatasetSpec, Faults, SessionSpec, SimulatorHandle, run_in_thread
 from waha_pipeline.simulator.faults import add_fault_arguments, canonical_query, faults_from_args
 
-from .conftest import ANCHOR
+from .conftest import ANCHOR, ServerWaits
 
 SPEC = DatasetSpec(seed=5, chats=30, target_messages=200,
                    sessions=(SessionSpec("demo"), SessionSpec("other", chats=16, target_messages=40)))
@@ -96,19 +96,17 @@ def test_rate_limit_with_retry_after(h: SimulatorHandle, c: httpx.Client) -> Non
     assert h.stats()["faults"]["429"] == 1
 
 
-def test_hang_times_out_a_short_client_and_answers_a_patient_one(h: SimulatorHandle, c: httpx.Client) -> None:
+def test_hang_times_out_a_short_client_and_answers_a_patient_one(h: SimulatorHandle, c: httpx.Client,
+                                                                  server_waits: ServerWaits) -> None:
     busiest = max(h.state.dataset.sessions["demo"].chats, key=lambda chat: sum(not e.hidden for e in chat.entries))
     assert len(busiest.entries) >= 10
-    h.set_faults(hang_rate=1.0, hang_s=1.0)
-    started = time.perf_counter()
+    h.set_faults(hang_rate=1.0, hang_s=60.0)  # far beyond the short client's read timeout, however slow the machine
     with pytest.raises(httpx.ReadTimeout):
         c.get(msgs(), timeout=0.2)
-    assert time.perf_counter() - started < 0.9
-    started = time.perf_counter()
-    r = c.get(msgs(chat=busiest.id), params={"limit": 3}, timeout=5)
-    elapsed = time.perf_counter() - started
+    h.set_faults(hang_rate=1.0, hang_s=0.5)
+    r = c.get(msgs(chat=busiest.id), params={"limit": 3}, timeout=30)
     assert r.status_code == 200 and 1 <= len(r.json()) <= 3  # rows the engine drops may shorten it
-    assert 1.0 <= elapsed < 3.0
+    assert server_waits.hangs == [60.0, 0.5]  # each hang held its request for hang_s (or until the client left)
     assert h.stats()["faults"]["hang"] == 2
 
 
@@ -124,35 +122,36 @@ def test_reset_is_a_transport_error_without_response(h: SimulatorHandle, c: http
     assert c.get("/api/demo/lids").status_code == 200
 
 
-def test_latency_with_jitter_and_concurrency_cap(h: SimulatorHandle) -> None:
+def test_latency_with_jitter_on_every_waha_kind_and_never_on_control_routes(h: SimulatorHandle,
+                                                                            server_waits: ServerWaits) -> None:
     h.set_faults(latency_ms=100, jitter_ms=40)
     with httpx.Client(base_url=h.base_url, timeout=10) as c:
-        c.get("/api/sessions")  # connect outside the timing
-        for _ in range(3):
-            started = time.perf_counter()
-            assert c.get("/api/sessions").status_code == 200  # latency acts on every WAHA request kind
-            assert 0.1 <= time.perf_counter() - started < 0.5
-        started = time.perf_counter()
-        c.get("/_sim/stats")
-        assert time.perf_counter() - started < 0.1  # never on control routes
-    h.reset_stats()
-    h.set_faults(latency_ms=100, max_concurrent=3)
+        for url in ("/api/sessions", "/api/sessions", "/api/sessions", "/api/demo/chats", msgs(), "/api/demo/lids"):
+            assert c.get(url).status_code == 200
+        delays = list(server_waits.sleeps)
+        assert c.get("/_sim/stats").status_code == 200
+        assert c.get("/_sim/faults").status_code == 200
+    assert len(delays) == 6 and all(0.1 <= d < 0.14 for d in delays), delays  # latency + U(0, jitter)
+    assert len(set(delays[:3])) == 3  # the same request asked again draws its jitter afresh
+    assert server_waits.sleeps == delays, "control routes are never delayed"
+
+
+def test_beyond_the_concurrency_cap_requests_wait_and_are_never_refused(h: SimulatorHandle) -> None:
+    h.set_faults(latency_ms=200, max_concurrent=3)
     statuses: list[int] = []
 
     def one(i: int) -> None:
-        statuses.append(httpx.get(f"{h.base_url}{msgs()}", params={"offset": i}, timeout=10).status_code)
+        statuses.append(httpx.get(f"{h.base_url}{msgs()}", params={"offset": i}, timeout=30).status_code)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
-    started = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - started
     stats = h.stats()
     assert statuses == [200] * 12  # beyond the cap requests wait; they are never refused
-    assert stats["max_in_flight"] == 3 and stats["max_waiting"] >= 3
-    assert elapsed >= 0.4  # 12 requests, 3 at a time, 100 ms each
+    assert stats["max_in_flight"] == 3 and stats["max_waiting"] >= 1 and stats["messages"] == 12
+    assert stats["in_flight"] == 0 and stats["waiting"] == 0
 
 
 def test_same_seed_same_faults_different_seed_differs(h: SimulatorHandle, c: httpx.Client) -> None:
@@ -268,7 +267,8 @@ def test_delete_when_a_condition_holds(h: SimulatorHandle, c: httpx.Client) -> N
     assert c.get(msgs()).status_code == 200
 
 
-def test_down_refuses_connections_until_up(h: SimulatorHandle, c: httpx.Client) -> None:
+def test_down_refuses_connections_until_up(h: SimulatorHandle, c: httpx.Client,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     assert c.get("/api/sessions").status_code == 200  # a pooled keep-alive connection exists
     h.down()
     with pytest.raises(httpx.ConnectError):
@@ -277,12 +277,33 @@ def test_down_refuses_connections_until_up(h: SimulatorHandle, c: httpx.Client) 
         httpx.get(f"{h.base_url}/_sim/stats")  # nothing listens: control routes too
     h.up()
     assert c.get("/api/sessions").status_code == 200
-    r = c.post("/_sim/down", json={"for_s": 0.4})
-    assert r.status_code == 200
-    time.sleep(0.1)
+
+    # /_sim/down with for_s: down after the answer, up again by its own timer. The listener's transitions are
+    # observed through events, and the timer's go_up is held until the test has seen the server down.
+    listener = h.state.listener
+    went_down, timer_fired, came_up, release = (threading.Event() for _ in range(4))
+    go_down, go_up = listener.go_down, listener.go_up
+
+    async def observed_down(for_s: float | None = None) -> None:
+        await go_down(for_s)
+        went_down.set()
+
+    async def held_up() -> None:
+        timer_fired.set()
+        await asyncio.to_thread(release.wait, 60)
+        await go_up()
+        came_up.set()
+
+    monkeypatch.setattr(listener, "go_down", observed_down)
+    monkeypatch.setattr(listener, "go_up", held_up)
+    r = c.post("/_sim/down", json={"for_s": 0.2})
+    assert r.status_code == 200 and r.json() == {"down": True, "for_s": 0.2}
+    assert went_down.wait(60) and h.is_down
     with pytest.raises(httpx.ConnectError):
         c.get("/api/sessions")
-    time.sleep(0.6)
+    assert timer_fired.wait(60), "the for_s timer brings the server back"
+    release.set()
+    assert came_up.wait(60)
     assert c.get("/api/sessions").status_code == 200 and not h.is_down
     assert c.post("/_sim/down", json={}).status_code == 400  # over HTTP a duration is required
 
