@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from waha_pipeline.crm.records import ChunkRecord, PlanRecord
 from waha_pipeline.crm.schema import contacts, messages, sessions, to_seconds, to_utc
-from waha_pipeline.domain.planning import PlannedChat
+from waha_pipeline.domain.plans import PlannedChat
 
 FIRST = 10  # offending ids named in a check's metadata
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from waha_pipeline.crm import sql
 from waha_pipeline.crm.records import ChunkRecord, PlanRecord
 from waha_pipeline.crm.schema import import_chunks, import_plans, to_seconds, to_utc
-from waha_pipeline.domain.planning import ChannelPlan, PlannedChat
+from waha_pipeline.domain.plans import ChannelPlan, PlannedChat
 from waha_pipeline.errors import ChunkError
 
 LAST_ERROR_MAX = 500

@@ -16,7 +16,7 @@ from waha_pipeline.crm.schema import contacts, messages
 from waha_pipeline.domain import ids
 from waha_pipeline.domain.batch import ChunkBatch
 from waha_pipeline.domain.identity import chat_name, peers_outside, with_learned_phones
-from waha_pipeline.domain.planning import PlannedChat
+from waha_pipeline.domain.plans import PlannedChat
 
 
 def joined_pairs(conn: sa.Connection, tenant_id: str, chats: Sequence[PlannedChat]) -> dict[str, str]:

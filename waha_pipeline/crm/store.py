@@ -40,7 +40,8 @@ from waha_pipeline.crm.schema import (
 from waha_pipeline.domain import ids
 from waha_pipeline.domain.batch import ChunkBatch, conform
 from waha_pipeline.domain.coverage import Coverage
-from waha_pipeline.domain.planning import ChannelPlan, PlannedChat, channel_slug
+from waha_pipeline.domain.planning import channel_slug
+from waha_pipeline.domain.plans import ChannelPlan, PlannedChat
 from waha_pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)

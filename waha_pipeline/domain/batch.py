@@ -10,12 +10,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
-if TYPE_CHECKING:  # planning imports identity, which imports this module
-    from waha_pipeline.domain.planning import PlannedChat
+from waha_pipeline.domain.plans import PlannedChat
+
 
 # contact_id is deterministic (ids.contact_id); phone/lid are digits only; group_id is the full "...@g.us" id.
 CONTACT_COLUMNS: dict[str, str] = {

@@ -8,15 +8,13 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from waha_pipeline.domain import ids
 from waha_pipeline.domain.batch import CONTACT_COLUMNS, conform, empty_frame
+from waha_pipeline.domain.plans import PlannedChat
 
-if TYPE_CHECKING:
-    from waha_pipeline.domain.planning import PlannedChat
 
 _NUMBER_NOISE = re.compile(r"[+\-() ]")
 

@@ -11,53 +11,11 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 from waha_pipeline.domain.chat_ids import ChatKind, classify_chat_id, is_importable, normalize_chat_id, user_part
 from waha_pipeline.domain.coverage import Coverage, up_to_date
 from waha_pipeline.domain.identity import is_just_the_number
-
-
-@dataclass(frozen=True)
-class PlannedChat:
-    """One chat of a plan with the identity it resolves to (known at plan time from WAHA's lid mapping)."""
-
-    chat_id: str  # normalized: "<digits>@c.us", "<digits>@lid" or "...@g.us"
-    kind: str  # chat_ids.ChatKind value of an importable kind: "direct", "lid" or "group"
-    name: str | None
-    phone: str | None  # digits; for a lid chat the mapped phone when WAHA knows it
-    lid: str | None  # digits; for a direct chat the lid WAHA maps to its phone, when known
-    group_id: str | None = None
-    # The chat list's last-message time: evidence of where the chat's messages end (the fetch reads past
-    # empty pages until it has seen this time). Not part of the chat's identity or fingerprint.
-    last_message_at: int | None = None
-
-
-@dataclass(frozen=True)
-class ChunkPlan:
-    key: str  # "{channel_slug}.c{index:04d}"
-    index: int
-    chats: tuple[PlannedChat, ...]
-
-    @property
-    def chat_ids(self) -> list[str]:
-        return [c.chat_id for c in self.chats]
-
-
-@dataclass(frozen=True)
-class ChannelPlan:
-    waha_session: str
-    channel_slug: str
-    plan_time: int  # whole second, UTC
-    window_start: int | None  # None = the whole history (--days 0)
-    window_end: int  # == plan_time
-    days: int
-    chunk_size: int
-    session_timeout_minutes: int
-    include_groups: bool
-    chunks: tuple[ChunkPlan, ...]
-    skipped: dict[str, int] = field(default_factory=dict)  # reason -> number of chats not imported
-    all_chats: bool = False  # no chat left out as up to date, and each read over the whole window (a deep pass)
+from waha_pipeline.domain.plans import ChannelPlan, ChunkPlan, PlannedChat
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 from waha_pipeline.crm.records import ChannelRecord
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.domain import ids
-from waha_pipeline.domain.planning import ChannelPlan, channel_slug, chunk_key, plan_channel
+from waha_pipeline.domain.planning import channel_slug, chunk_key, plan_channel
+from waha_pipeline.domain.plans import ChannelPlan
 from waha_pipeline.errors import WahaPermanentError, WahaSessionNotFound
 from waha_pipeline.settings import DEFAULT_PLAN_DEADLINE_S
 from waha_pipeline.waha.client import WahaClient

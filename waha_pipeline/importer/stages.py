@@ -26,7 +26,7 @@ from waha_pipeline.domain.batch import (
 from waha_pipeline.domain.coverage import Coverage, Read, Span, missing_ranges
 from waha_pipeline.domain.identity import named_by_push, resolve_contacts, with_learned_phones
 from waha_pipeline.domain.messages import map_messages
-from waha_pipeline.domain.planning import PlannedChat
+from waha_pipeline.domain.plans import PlannedChat
 from waha_pipeline.domain.sessions import assign_sessions
 from waha_pipeline.errors import ChunkError, ChunkTooLarge
 from waha_pipeline.settings import MB
