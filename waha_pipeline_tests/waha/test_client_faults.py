@@ -9,7 +9,6 @@ sleeps are tiny or fake; no test waits for a real cool-down.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -100,12 +99,16 @@ async def test_server_down_opens_the_breaker_then_calls_fail_fast_and_a_probe_cl
 
 
 async def test_a_hanging_server_is_bounded_by_the_attempt_timeouts(handle: Any) -> None:
-    handle.set_faults(hang_rate=1.0, hang_s=1.0, only_kinds=("chats",))
+    """Each attempt is cut by its read timeout: a hang of a minute never answers within the test, so three
+    ReadTimeouts (and three hung requests at the server) show that no attempt waited for the hang to end."""
+    handle.set_faults(hang_rate=1.0, hang_s=60.0, only_kinds=("chats",))
     timeouts = WahaTimeouts(connect=1.0, write=1.0, list_read=0.1)
-    started = time.monotonic()
-    async with client(handle, timeouts=timeouts, retry=RetryPolicy(max_attempts=3, base_delay=0.001)) as waha:
+    fake = FakeTime()
+    async with client(handle, timeouts=timeouts, retry=RetryPolicy(max_attempts=3, base_delay=0.5),
+                      sleep=fake.sleep, clock=fake.clock) as waha:
         with pytest.raises(WahaTransientError, match="ReadTimeout.*gave up after 3 attempts"):
             await waha.list_chats("demo")
-        assert waha.stats().retries_by_cause == {"timeout": 2}
+        assert waha.stats().retries_by_cause == {"timeout": 2} and len(fake.sleeps) == 2
         assert (await waha.get_session("demo")).working  # other kinds are not faulted: the client is fine
-    assert time.monotonic() - started < 1.0
+    served = handle.stats()
+    assert served["chats"] == 3 and served["faults"]["hang"] == 3 and served["sessions"] >= 1

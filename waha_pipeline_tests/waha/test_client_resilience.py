@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
 import httpx
@@ -85,30 +84,42 @@ async def test_after_cool_down_one_probe_closes_the_breaker(
 async def test_half_open_sends_a_single_probe_and_the_others_await_its_verdict(
     make_client: Callable[..., WahaClient], fake_time: FakeTime, probe_status: int
 ) -> None:
-    """Only the probe reaches WAHA; concurrent calls wait for its verdict (polling with real, short sleeps here):
-    they go on when it closes the breaker and are refused without a request when it re-opens it."""
+    """Only the probe reaches WAHA; concurrent calls wait for its verdict (polling the breaker while the clock
+    stands still, so no deadline passes): they go on when it closes the breaker and are refused without a request
+    when it re-opens it."""
     sent: list[str] = []
     gate = asyncio.Event()
+    probe_arrived = asyncio.Event()
+    pollers: set[asyncio.Task[object] | None] = set()
+    all_waiting = asyncio.Event()
 
     async def handler(request: httpx.Request) -> httpx.Response:
         sent.append(request.url.path)
         if len(sent) <= 10:
             return httpx.Response(503)
         if len(sent) == 11:
+            probe_arrived.set()
             await gate.wait()
             return httpx.Response(probe_status, json=[])
         return httpx.Response(200, json=[])
 
-    async with make_client(handler, retry=RetryPolicy(max_attempts=1), sleep=asyncio.sleep, clock=time.monotonic) as waha:
+    async def poll(seconds: float) -> None:
+        """The client's sleep while it waits for the probe's verdict: note the waiter, yield, let no time pass."""
+        pollers.add(asyncio.current_task())
+        if len(pollers) == 4:
+            all_waiting.set()
+        await asyncio.sleep(0)
+
+    async with make_client(handler, retry=RetryPolicy(max_attempts=1), sleep=poll) as waha:
         for _ in range(10):
             with pytest.raises(WahaTransientError):
                 await waha.get_session("default")
-        fake_time.now += 5.0  # the breaker runs on fake time, the client's polling on real time
+        fake_time.now += 5.0
         calls = [asyncio.ensure_future(waha.list_chats("default")) for _ in range(5)]
-        await asyncio.sleep(0.15)
+        await asyncio.wait_for(asyncio.gather(probe_arrived.wait(), all_waiting.wait()), timeout=60)
         assert len(sent) == 11 and not any(c.done() for c in calls), "one probe in flight, the rest waiting"
         gate.set()
-        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=5)
+        results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=60)
         stats = waha.stats()
     if probe_status == 200:
         assert results == [[]] * 5 and len(sent) == 15 and waha.breaker.state == "closed"
@@ -119,30 +130,45 @@ async def test_half_open_sends_a_single_probe_and_the_others_await_its_verdict(
 
 
 async def test_a_probe_cancelled_by_its_caller_still_completes_and_closes_the_breaker(
-    make_client: Callable[..., WahaClient], fake_time: FakeTime
+    make_client: Callable[..., WahaClient], fake_time: FakeTime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """fetch_many cancels its other chats when one is refused; the probe among them must still report, or every
     retry of the chunk would probe, be cancelled, and find the breaker half-open again (a livelock)."""
     sent: list[str] = []
+    release = asyncio.Event()
+    verdicts: list[str | None] = []
+    closed = asyncio.Event()
 
     async def handler(request: httpx.Request) -> httpx.Response:
         sent.append(request.url.path)
         if len(sent) <= 10:
             return httpx.Response(503)
-        await asyncio.sleep(0.01)  # the probe is still in flight when its siblings are refused
+        await release.wait()  # the probe is still in flight when its siblings are refused
         return httpx.Response(200, json=[])
 
-    async with make_client(handler, retry=RetryPolicy(max_attempts=1)) as waha:
+    # The refused siblings wait for the probe's verdict on fake time, each up to its attempt limit; short limits
+    # keep their waits together below the breaker's lost-probe timeout, so the probe stays the only one.
+    timeouts = WahaTimeouts(connect=1.0, write=1.0, messages_read=5.0)
+    async with make_client(handler, retry=RetryPolicy(max_attempts=1), timeouts=timeouts) as waha:
         for _ in range(10):
             with pytest.raises(WahaTransientError):
                 await waha.get_session("default")
         fake_time.now += 5.0
+        record = waha.breaker.record
+
+        def observed_record(*args: object, **kw: object) -> str | None:
+            changed = record(*args, **kw)  # type: ignore[arg-type]
+            verdicts.append(changed)
+            if changed == "closed":
+                closed.set()
+            return changed
+
+        monkeypatch.setattr(waha.breaker, "record", observed_record)
         with pytest.raises(WahaCircuitOpen, match="probe call is in flight"):
             await waha.fetch_many("default", [f"{n}@c.us" for n in range(5)], gte=None, lte=1)
-        for _ in range(100):
-            if waha.breaker.state == "closed":
-                break
-            await asyncio.sleep(0.005)
+        assert len(sent) == 11 and waha.breaker.state == "half_open" and verdicts == []
+        release.set()
+        await asyncio.wait_for(closed.wait(), timeout=60)
         assert waha.breaker.state == "closed", "the cancelled probe's success must close the breaker"
         assert await waha.fetch_many("default", ["1@c.us", "2@c.us"], gte=None, lte=1) == {"1@c.us": [], "2@c.us": []}
 
@@ -247,12 +273,11 @@ async def test_a_server_that_never_answers_is_bounded_per_attempt(make_client: C
         raise AssertionError("unreachable")
 
     timeouts = WahaTimeouts(connect=0.01, write=0.01, list_read=0.03)
-    started = time.monotonic()
     async with make_client(never, timeouts=timeouts, retry=RetryPolicy(max_attempts=3)) as waha:
         with pytest.raises(WahaTransientError, match=r"ReadTimeout: no complete response within 0.05s.*3 attempts"):
-            await waha.list_chats("default")
-        assert waha.stats().retries_by_cause == {"timeout": 2}
-    assert time.monotonic() - started < 3.0
+            # a guard, not the bound under test: without the attempt limit this would wait an hour, not fail
+            await asyncio.wait_for(waha.list_chats("default"), timeout=600)
+        assert waha.stats().retries_by_cause == {"timeout": 2} and waha.stats().requests == 3
 
 
 async def test_a_hanging_message_page_shrinks(make_client: Callable[..., WahaClient]) -> None:
