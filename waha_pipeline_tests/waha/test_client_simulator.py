@@ -7,7 +7,6 @@ Expectations come from the simulator's own dataset builder (same spec and anchor
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -29,7 +28,7 @@ from waha_pipeline.simulator.server import run_in_thread
 from waha_pipeline.waha.client import WahaClient
 from waha_pipeline.waha.models import chat_id_of, message_id_of, message_time_of
 
-from .conftest import SECRET
+from .conftest import SECRET, FakeTime
 
 pytestmark = pytest.mark.anyio
 
@@ -280,19 +279,22 @@ async def test_api_key_is_sent_and_never_leaks() -> None:
 async def test_waits_for_a_starting_session_then_proceeds() -> None:
     with run_in_thread(SMALL, port=0, anchor=ANCHOR) as handle:
         handle.set_status("demo", "STARTING")
+        fake = FakeTime()
 
-        async def connect_soon() -> None:
-            await asyncio.sleep(0.15)
-            handle.set_status("demo", "WORKING")
+        async def connect_on_third_poll(seconds: float) -> None:
+            """The client's sleep between session polls: the session connects while it waits the third time."""
+            await fake.sleep(seconds)
+            if len(fake.sleeps) == 3:
+                handle.set_status("demo", "WORKING")
 
-        async with client(handle, session_poll_interval=0.05, session_wait_timeout=5.0) as waha:
-            waker = asyncio.ensure_future(connect_soon())
+        async with client(handle, session_poll_interval=0.05, session_wait_timeout=5.0,
+                          sleep=connect_on_third_poll, clock=fake.clock) as waha:
             chats = await waha.list_chats("demo")
-            await waker
             stats = waha.stats()
     assert len(chats) == SMALL.chats
     assert stats.retries_by_cause == {"session": 1}
-    assert stats.requests_by_kind["sessions"] >= 2 and stats.session_wait_seconds >= 0.1
+    assert len(fake.sleeps) == 3 and stats.requests_by_kind["sessions"] == 3
+    assert stats.session_wait_seconds == pytest.approx(sum(fake.sleeps)) and sum(fake.sleeps) >= 0.15
 
 
 async def test_session_that_stays_not_working_fails_clearly() -> None:

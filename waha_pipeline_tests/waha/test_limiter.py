@@ -161,20 +161,29 @@ def test_rate_limit_spaces_request_starts(rate: float, burst: int, starts: list[
     assert asyncio.run(main()) == pytest.approx(starts)
 
 
-def test_rate_limit_holds_for_concurrent_tasks_in_real_time() -> None:
-    """Generous real-time bound: 12 concurrent requests at 40/s cannot all start within 0.25 s."""
-    limiter = ServerLimiter(concurrency=12, rate_per_second=40.0)
-    loop_time: list[float] = []
+def test_concurrent_waiters_each_reserve_their_own_token() -> None:
+    """12 concurrent requests at 40/s are told to wait 0, 1/40, ..., 11/40 s: each reserves the next token. The
+    clock stands still while they wait, so the spacing comes from the reservations alone; waiters that all read
+    the same free token would all be told the same wait."""
+    waits: list[float] = []
+    started: list[int] = []
 
-    async def one() -> None:
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.sleep(0)
+
+    limiter = ServerLimiter(concurrency=12, rate_per_second=40.0, clock=lambda: 100.0, sleep=sleep)
+
+    async def one(i: int) -> None:
         async with limiter.slot():
-            loop_time.append(asyncio.get_running_loop().time())
+            started.append(i)
 
     async def main() -> None:
-        await asyncio.gather(*(one() for _ in range(12)))
+        await asyncio.gather(*(one(i) for i in range(12)))
 
     asyncio.run(main())
-    assert max(loop_time) - min(loop_time) >= 11 / 40 * 0.9
+    assert sorted(started) == list(range(12))
+    assert sorted(waits) == pytest.approx([k / 40 for k in range(1, 12)])  # the first token was free
 
 
 def test_idle_time_does_not_bank_tokens_beyond_burst() -> None:
