@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 import h11
@@ -220,9 +220,12 @@ class _Connection(asyncio.Protocol):
 class Http11Transport(httpx.AsyncBaseTransport):
     """At most `limits.max_connections` connections per transport, idle ones reused newest first and dropped after
     `limits.keepalive_expiry` seconds. A request that fails or is cancelled mid-way closes its connection. Bodies
-    over `max_body` bytes (on the wire or decoded) raise ResponseTooLarge."""
+    over `max_body` bytes (on the wire or decoded) raise ResponseTooLarge. `clock` dates idle connections (a
+    fake one lets a test age them without waiting)."""
 
-    def __init__(self, limits: httpx.Limits, max_body: int = DEFAULT_MAX_BODY) -> None:
+    def __init__(self, limits: httpx.Limits, max_body: int = DEFAULT_MAX_BODY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._max_body = max_body
         self._expiry = limits.keepalive_expiry
         self._max_idle = limits.max_keepalive_connections
@@ -283,7 +286,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
 
     def _reuse(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get(origin)
-        now = time.monotonic()
+        now = self._clock()
         while idle:
             conn = idle.pop()
             if conn.reusable(now, self._expiry):
@@ -309,5 +312,5 @@ class Http11Transport(httpx.AsyncBaseTransport):
         if self._closed or full or conn.h11.our_state is not h11.IDLE:
             conn.close()
             return
-        conn.idle_since = time.monotonic()
+        conn.idle_since = self._clock()
         idle.append(conn)
