@@ -8,7 +8,9 @@ on uvloop (the chunk fetch loop's, importer/background_loop.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import socket
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -33,20 +35,37 @@ def raw(data: bytes, *, close: bool = False, hold: float = 0.0) -> Reply:
     return reply
 
 
+async def silent_until_closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Never answer; end when the client closes the connection."""
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(1024):
+            pass
+    return False
+
+
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(SESSION), SESSION)
 OK = raw(RESPONSE)
 
 
 class Server:
-    """Answers each request with the next scripted reply; counts connections, and the most open at once."""
+    """Answers each request with the next scripted reply; counts connections, and the most open at once.
+    `until` waits for a count (requests read, connections closed) to be reached: no test sleeps for it."""
 
     def __init__(self, replies: list[Reply], default: Reply | None = None) -> None:
         self.replies = replies
         self.default = default
         self.connections = 0
         self.open = 0
+        self.closed = 0  # connections this server has closed, its socket released
         self.most_open = 0
         self.requests: list[bytes] = []
+        self._changed = asyncio.Event()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        async with asyncio.timeout(60):  # a guard against a hang, not a bound under test
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
 
     async def __aenter__(self) -> Server:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -66,6 +85,7 @@ class Server:
                     self.requests.append(await reader.readuntil(b"\r\n\r\n"))
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
+                self._changed.set()
                 reply = self.replies.pop(0) if self.replies else self.default
                 assert reply is not None, "more requests than scripted replies"
                 if not await reply(reader, writer):
@@ -73,6 +93,23 @@ class Server:
         finally:
             self.open -= 1
             writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+            self.closed += 1
+            self._changed.set()
+
+
+async def io_turn() -> None:
+    """Let the event loop poll its sockets once more: a peer's close that is already in the kernel (as after
+    Server.until(closed)) is handled by the loop before this returns, on asyncio's loop as on uvloop."""
+    a, b = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=a)
+    try:
+        b.send(b"x")
+        await reader.readexactly(1)
+    finally:
+        writer.close()
+        b.close()
 
 
 try:
@@ -110,9 +147,11 @@ def test_connections_are_reused_and_one_closed_by_the_server_while_idle_is_repla
         reply = raw(RESPONSE, close=close_after_response)  # an idle keep-alive connection dropped, as proxies do
         async with Server([], default=reply) as server, \
                 WahaClient(server.url, concurrency=1, transport=TRANSPORTS[transport]()) as waha:
-            for _ in range(2):
+            for n in range(2):
                 assert (await waha.get_session("demo")).status == "WORKING"
-                await asyncio.sleep(0.05)  # the close reaches the client while the connection is idle
+                if close_after_response:  # the close reaches the client while the connection is idle
+                    await server.until(lambda n=n: server.closed > n)
+                    await io_turn()
             stats = waha.stats()
             return server.connections, stats.requests, stats.retries
 
@@ -212,21 +251,22 @@ def test_bytes_after_a_complete_response_spend_the_connection() -> None:
 
 
 def test_a_silent_server_is_a_read_timeout_and_the_connection_is_closed() -> None:
-    silent = raw(b"", hold=0.2)
-
     async def scenario() -> tuple[bytes, int, int]:
-        async with Server([silent, OK]) as server, client(server.url) as http:
+        async with Server([silent_until_closed, OK]) as server, client(server.url) as http:
             with pytest.raises(httpx.ReadTimeout):
                 await http.get("/x", timeout=httpx.Timeout(5.0, read=0.05))
             after = (await http.get("/x")).content
-            await asyncio.sleep(0.3)  # the silent handler wakes up and finds its connection closed by the client
+            await server.until(lambda: server.closed == 1)  # the silent connection ends: the client closed it
             return after, server.connections, server.open
 
     assert asyncio.run(scenario()) == (SESSION, 2, 1)
 
 
 def test_a_request_cancelled_mid_body_does_not_leave_its_connection_in_the_pool() -> None:
-    half = raw(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(SESSION), SESSION[:10]), hold=1.0)
+    async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(SESSION), SESSION[:10]))
+        await writer.drain()
+        return await silent_until_closed(reader, writer)  # the rest of the body never comes
 
     async def scenario() -> tuple[bytes, int]:
         async with Server([half, OK]) as server, client(server.url) as http:
@@ -266,9 +306,9 @@ def test_connections_stay_within_the_limit_and_wait_for_a_free_one() -> None:
 
 def test_no_free_connection_within_the_pool_timeout_is_a_pool_timeout() -> None:
     async def scenario() -> None:
-        async with Server([raw(b"", hold=1.0)]) as server, client(server.url, max_connections=1) as http:
+        async with Server([silent_until_closed]) as server, client(server.url, max_connections=1) as http:
             stuck = asyncio.ensure_future(http.get("/x"))
-            await asyncio.sleep(0.05)
+            await server.until(lambda: len(server.requests) == 1)  # the only connection is taken
             try:
                 await http.get("/x", timeout=httpx.Timeout(5.0, pool=0.05))
             finally:
@@ -279,12 +319,17 @@ def test_no_free_connection_within_the_pool_timeout_is_a_pool_timeout() -> None:
 
 
 def test_an_idle_connection_older_than_the_keepalive_expiry_is_replaced() -> None:
+    now = [0.0]
+    transport = Http11Transport(httpx.Limits(max_connections=4, keepalive_expiry=30.0), clock=lambda: now[0])
+
     async def scenario() -> int:
-        async with Server([], default=OK) as server, client(server.url, keepalive_expiry=0.05) as http:
+        async with Server([], default=OK) as server, httpx.AsyncClient(base_url=server.url,
+                                                                       transport=transport) as http:
             await http.get("/x")
-            await http.get("/x")  # reused
-            await asyncio.sleep(0.1)
-            await http.get("/x")  # expired: a new connection
+            now[0] += 29.0
+            await http.get("/x")  # reused: idle 29 s
+            now[0] += 30.0
+            await http.get("/x")  # expired: idle 30 s, a new connection
             return server.connections
 
     assert asyncio.run(scenario()) == 2
