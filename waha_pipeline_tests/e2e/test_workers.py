@@ -100,8 +100,11 @@ def test_a_killed_worker_costs_only_its_unfinished_chunks(env, sim, capsys) -> N
 
 
 def test_workers_do_not_outlive_a_killed_import(env, sim) -> None:
-    """Killed while every worker waits on WAHA: they go at once, not when their next event finds the pipe closed."""
-    sim.set_faults(Faults(hang_rate=1.0, hang_s=20, only_kinds=("messages",)))
+    """Killed while every worker waits on WAHA: they go at once, not when their next event finds the pipe closed.
+    WAHA's message pages hang for an hour, so no worker gets a next event within the test: a worker that outlived
+    the import would still be there when the generous deadline below runs out."""
+    sim.set_faults(Faults(hang_rate=1.0, hang_s=3600, only_kinds=("messages",)))
+    sim.reset_stats()
     process = subprocess.Popen(
         [sys.executable, "-m", "waha_pipeline.cli.main", "import", "demo", "--days", "0", "--chunk-size", "10"],
         env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -113,12 +116,14 @@ def test_workers_do_not_outlive_a_killed_import(env, sim) -> None:
             time.sleep(0.2)
             workers = grandchildren(process.pid)
         assert len(workers) == 2, f"expected two workers below the import's fork server, found {workers}"
-        time.sleep(1.0)  # the workers are now waiting on their first message pages
+        while time.monotonic() < deadline and sim.stats()["faults"]["hang"] < 2 and process.poll() is None:
+            time.sleep(0.05)  # polling the worker processes' progress, as seen by the simulator
+        assert sim.stats()["faults"]["hang"] >= 2, "the workers never reached WAHA's message pages"
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(timeout=30)
-    killed_at = time.monotonic()
-    while time.monotonic() - killed_at < 3.0 and any(running(pid) for pid in workers):
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(running(pid) for pid in workers):
         time.sleep(0.05)
     assert not [pid for pid in workers if running(pid)], "worker processes outlived the import"
 
