@@ -300,9 +300,12 @@ async def test_waits_for_a_starting_session_then_proceeds() -> None:
 async def test_session_that_stays_not_working_fails_clearly() -> None:
     with run_in_thread(SMALL, port=0, anchor=ANCHOR) as handle:
         handle.set_status("demo", "SCAN_QR_CODE")
-        async with client(handle, session_poll_interval=0.05, session_wait_timeout=0.3) as waha:
+        fake = FakeTime()
+        async with client(handle, session_poll_interval=0.05, session_wait_timeout=0.3,
+                          sleep=fake.sleep, clock=fake.clock) as waha:
             with pytest.raises(WahaSessionNotReady, match="SCAN_QR_CODE"):
                 await waha.fetch_messages("demo", "1@c.us", gte=None, lte=ANCHOR)
+        assert fake.now == pytest.approx(0.3)  # it waited out session_wait_timeout, polling, then gave up
         handle.set_status("demo", "STOPPED")
         async with client(handle) as waha:
             with pytest.raises(WahaSessionNotReady, match="HTTP 404.*'demo' is STOPPED"):
