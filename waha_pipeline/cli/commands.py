@@ -154,13 +154,7 @@ def import_channel(settings: Settings, args: argparse.Namespace, out: Output | N
     session = asyncio.run(_require_session(settings, args.channel))  # unknown name: exit 2 before anything is written
     verbose = bool(getattr(args, "verbose", False))
     defs = build_definitions(catchup=NO_SENSOR_CATCHUP)
-    config = PlanConfig(
-        days=args.days,
-        session_timeout_minutes=args.session_timeout_minutes,
-        chunk_size=args.chunk_size,
-        include_groups=args.include_groups,
-        all_chats=args.all_chats,
-    )
+    config = PlanConfig(**{name: getattr(args, name) for name in PlanConfig.model_fields})
     with prepare(settings) as instance, _store(settings) as store, Signals() as signals:
         channel = _import_target(settings, store, args.channel, session)
         slug, handle = channel.slug, _handle(store, channel, args.channel)

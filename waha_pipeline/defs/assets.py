@@ -40,23 +40,25 @@ STAGE_DESCRIPTIONS = {
 }
 
 
+_PLAN_DEFAULTS = PlanRequest()
+
+
 class PlanConfig(dg.Config):
-    days: int = 180
-    session_timeout_minutes: int | None = None
-    chunk_size: int = 50
-    include_groups: bool = False
-    all_chats: bool = False  # also chats the chat list shows unchanged (when an engine's list lags behind)
+    """A plan run's settings: PlanRequest as Dagster config (its meaning and defaults are PlanRequest's)."""
+
+    days: int = _PLAN_DEFAULTS.days
+    session_timeout_minutes: int | None = _PLAN_DEFAULTS.session_timeout_minutes
+    chunk_size: int = _PLAN_DEFAULTS.chunk_size
+    include_groups: bool = _PLAN_DEFAULTS.include_groups
+    all_chats: bool = _PLAN_DEFAULTS.all_chats
+
+    def request(self) -> PlanRequest:
+        return PlanRequest(**self.model_dump())
 
 
 def plan_channel(context: dg.AssetExecutionContext, config: PlanConfig, waha: WahaResource, crm: CrmResource) -> dg.MaterializeResult:
     plan_time = int(time.time())
-    request = PlanRequest(
-        days=config.days,
-        session_timeout_minutes=config.session_timeout_minutes,
-        chunk_size=config.chunk_size,
-        include_groups=config.include_groups,
-        all_chats=config.all_chats,
-    )
+    request = config.request()
 
     settings = waha.settings()
 

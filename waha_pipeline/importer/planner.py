@@ -24,6 +24,8 @@ from waha_pipeline.waha.models import SessionInfo
 
 @dataclass(frozen=True)
 class PlanRequest:
+    """How a channel is planned (the CLI's options and the plan run's config carry exactly these)."""
+
     days: int = 180
     session_timeout_minutes: int | None = None  # None: the channel's own setting (default 30)
     chunk_size: int = 50
