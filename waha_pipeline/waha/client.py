@@ -544,7 +544,7 @@ class WahaClient:
                     last = await self._await_session(session, remaining)
                     spent = self._clock() - started
                     session_waited += spent
-                    self._stats.add("session_wait", spent)
+                    self._stats.add("session_wait_seconds", spent)
                     budget.started += spent  # time waiting for the session does not eat the transient-retry budget
                     last_session_status = last or "WORKING"
                 if last is not None:
@@ -577,9 +577,9 @@ class WahaClient:
                 self.breaker.release(await self._allow(where, method, path))  # raises WahaCircuitOpen
             self._stats.retry(cause)
             logger.warning("%s -> %s; retry %d in %.2fs", where, status or type(exc).__name__, budget.attempts, delay)
-            self._stats.add("backoff", delay)
+            self._stats.add("backoff_seconds", delay)
             if status == 429:
-                self._stats.add("wait_429", delay)
+                self._stats.add("wait_429_seconds", delay)
             await self._sleep(delay)
 
     async def _attempt(
@@ -609,7 +609,7 @@ class WahaClient:
         try:
             async with self.limiter.slot() as waited:
                 if waited > 0:
-                    self._stats.add("limiter_wait", waited)
+                    self._stats.add("limiter_wait_seconds", waited)
                 try:
                     self.breaker.confirm(permit, where)
                 except WahaCircuitOpen as error:

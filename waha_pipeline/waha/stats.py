@@ -131,16 +131,14 @@ class WahaStats:
             requests=self.requests - other.requests,
             requests_by_kind=diff(self.requests_by_kind, other.requests_by_kind),
             retries_by_cause=diff(self.retries_by_cause, other.retries_by_cause),
-            wait_429_seconds=self.wait_429_seconds - other.wait_429_seconds,
-            backoff_seconds=self.backoff_seconds - other.backoff_seconds,
-            session_wait_seconds=self.session_wait_seconds - other.session_wait_seconds,
-            page_shrinks=self.page_shrinks - other.page_shrinks,
-            limiter_wait_seconds=self.limiter_wait_seconds - other.limiter_wait_seconds,
-            breaker_opened=self.breaker_opened - other.breaker_opened,
-            breaker_closed=self.breaker_closed - other.breaker_closed,
-            breaker_rejections=self.breaker_rejections - other.breaker_rejections,
             latency_buckets=diff_buckets(self.latency_buckets, other.latency_buckets),
+            **{name: getattr(self, name) - getattr(other, name) for name in SCALARS},
         )
+
+
+# The WahaStats fields that are plain sums: Counters adds to them by these names.
+SCALARS = ("wait_429_seconds", "backoff_seconds", "session_wait_seconds", "page_shrinks", "limiter_wait_seconds",
+           "breaker_opened", "breaker_closed", "breaker_rejections")
 
 
 @dataclass
@@ -149,14 +147,7 @@ class Counters:
 
     requests: Counter[str] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
-    wait_429: float = 0.0
-    backoff: float = 0.0
-    session_wait: float = 0.0
-    page_shrinks: int = 0
-    limiter_wait: float = 0.0
-    breaker_opened: int = 0
-    breaker_closed: int = 0
-    breaker_rejections: int = 0
+    scalars: dict[str, float] = field(default_factory=lambda: dict.fromkeys(SCALARS, 0))
     latency: list[int] = field(default_factory=lambda: [0] * N_BUCKETS)
 
     def snapshot(self) -> WahaStats:
@@ -164,15 +155,8 @@ class Counters:
             requests=sum(self.requests.values()),
             requests_by_kind=dict(self.requests),
             retries_by_cause=dict(self.retries),
-            wait_429_seconds=self.wait_429,
-            backoff_seconds=self.backoff,
-            session_wait_seconds=self.session_wait,
-            page_shrinks=self.page_shrinks,
-            limiter_wait_seconds=self.limiter_wait,
-            breaker_opened=self.breaker_opened,
-            breaker_closed=self.breaker_closed,
-            breaker_rejections=self.breaker_rejections,
             latency_buckets=tuple(self.latency),
+            **self.scalars,  # type: ignore[arg-type]
         )
 
 
@@ -198,9 +182,9 @@ class Recorder:
             c.retries[cause] += 1
 
     def add(self, name: str, amount: float | int = 1) -> None:
-        """Add to a scalar counter: wait_429, backoff, session_wait, page_shrinks, limiter_wait, breaker_*."""
+        """Add to one of SCALARS."""
         for c in self._targets():
-            setattr(c, name, getattr(c, name) + amount)
+            c.scalars[name] += amount
 
     def latency(self, seconds: float) -> None:
         bucket = latency_bucket(seconds)
