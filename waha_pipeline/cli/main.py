@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import gc
 import os
 import shlex
 import sys
@@ -25,6 +24,7 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 from waha_pipeline.errors import ConfigError, PipelineError, WahaSessionNotFound
+from waha_pipeline.process_tuning import long_lived, tune_import_process
 from waha_pipeline.settings import DEFAULT_DAGSTER_HOME, DEFAULT_DATABASE_URL, Settings
 from waha_pipeline.simulator.faults import add_fault_arguments, faults_from_args
 
@@ -219,11 +219,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         if args.command == "simulate":
             return _simulate(args, settings)
+        tune_import_process()  # before the first frame is allocated and before the fork server starts
         if args.command == "demo":
             return _demo()
-        from waha_pipeline.importer.memory import use_lean_allocators
-
-        use_lean_allocators()  # before the first frame is allocated (and before the fork server starts)
         if args.command != "status" and settings.chunk_workers > 1:
             _start_worker_server(verbose=args.verbose)
         commands = _import_commands()
@@ -277,17 +275,9 @@ def _start_worker_server(*, verbose: bool) -> None:
 
 
 def _import_commands() -> ModuleType:
-    """Dagster is imported only by commands that need it. What the imports build lives until exit: collecting
-    while they run is wasted (~0.4 s), and frozen, it is skipped by every later full collection and by the one
-    at interpreter exit (~2 s of a seed import)."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
+    """Dagster is imported only by commands that need it; what the imports build lives until exit."""
+    with long_lived():
         from waha_pipeline.cli import commands
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
     return commands
 
 

@@ -12,6 +12,7 @@ from waha_pipeline.crm.migrate import upgrade
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.importer.stage_store import StageStore
 from waha_pipeline.importer.workers import RunnerSpec
+from waha_pipeline.process_tuning import tune_import_process
 from waha_pipeline.settings import MB, Settings, chunk_workers
 from waha_pipeline.waha.client import WahaClient
 
@@ -87,6 +88,8 @@ class CrmResource(dg.ConfigurableResource):
         return self.database_url or Settings.from_env().database_url
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if context.run is not None:  # a run process's entry (process_tuning.py); not a sensor's evaluation
+            tune_import_process()
         url = self.url()
         upgrade(url)  # a no-op at head; keeps a fresh CRM usable from the UI and sensors alike
         self._store = CrmStore.from_url(url, commit_timeouts=Settings.from_env().crm_commit_timeouts)

@@ -13,7 +13,7 @@ from collections.abc import Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-import sniffio
+from waha_pipeline.process_tuning import declare_asyncio_thread
 
 T = TypeVar("T")
 
@@ -39,9 +39,7 @@ class BackgroundLoop:
         self.close()
 
     def _run(self) -> None:
-        # This thread runs nothing but this asyncio loop. Saying so spares sniffio's per-call task lookup, which
-        # httpcore and anyio make several times per request (~5% of a page request's CPU).
-        sniffio.thread_local.name = "asyncio"
+        declare_asyncio_thread()  # this thread's entry; it runs nothing but this loop
         self._loop.run_forever()
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> Future[T]:

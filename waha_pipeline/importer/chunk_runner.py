@@ -24,7 +24,6 @@ from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.errors import ChunkError, WahaPermanentError, WahaSessionNotFound
 from waha_pipeline.importer import stages
 from waha_pipeline.importer.background_loop import BackgroundLoop
-from waha_pipeline.importer.memory import use_lean_allocators
 from waha_pipeline.importer.stage_plan import STAGES, Action, stage_actions
 from waha_pipeline.importer.stage_store import StageStore
 from waha_pipeline.waha.client import WahaClient, WahaStats
@@ -101,7 +100,6 @@ class ChunkRunner:
         """Chunks are taken from `chunk_keys` only as they are needed (at most `prefetch` ahead of the one being
         worked on), so keys handed out by another process as workers ask for them keep the workers balanced.
         `skip_committed`: on a step retry, chunks the ledger shows committed in their plan are not redone."""
-        use_lean_allocators()
         with BackgroundLoop() as loop:
             client = self.client_factory()
             loop.run(client.__aenter__())

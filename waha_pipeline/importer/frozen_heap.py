@@ -1,10 +1,6 @@
-"""Imported last by the chunk workers' fork server (importer/worker_server.py), after the chunk code.
+"""The chunk workers' fork server's entry: imported last of its preloads (process_tuning.FORK_SERVER_PRELOAD), after
+the chunk code, it applies the fork server's tuning (process_tuning.tune_fork_server)."""
 
-Everything imported so far moves out of the garbage collector's reach, so the workers forked later neither walk
-it in their collections nor write to it: a collection updates the header of every object it visits, and each
-write copies a page the worker would otherwise share with the server.
-"""
+from waha_pipeline.process_tuning import tune_fork_server
 
-import gc
-
-gc.freeze()
+tune_fork_server()

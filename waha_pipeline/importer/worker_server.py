@@ -2,7 +2,8 @@
 
 Light on purpose: the CLI starts the server first thing, so its imports of the chunk code (pandas, pyarrow,
 SQLAlchemy, httpx: ~2 s) run on the other core while the CLI imports Dagster, and every worker forked later
-starts in milliseconds with them done, without the threads of the process that asked for it.
+starts in milliseconds with them done, without the threads of the process that asked for it. What it preloads is
+set at the process's entry (process_tuning.preload_chunk_workers), before the server starts.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import multiprocessing as mp
 from multiprocessing import forkserver
 
 CONTEXT = mp.get_context("forkserver")
-CONTEXT.set_forkserver_preload(["waha_pipeline.importer.workers", "waha_pipeline.importer.frozen_heap"])
 
 
 def warm_up() -> None:

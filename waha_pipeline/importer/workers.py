@@ -32,6 +32,7 @@ from waha_pipeline.importer.chunk_runner import ChunkFailed, ChunkRunner, StageD
 from waha_pipeline.importer.stage_plan import STAGES
 from waha_pipeline.importer.stage_store import StageStore
 from waha_pipeline.importer.worker_server import CONTEXT
+from waha_pipeline.process_tuning import tune_chunk_worker
 from waha_pipeline.waha.client import WahaClient
 
 logger = logging.getLogger(__name__)
@@ -261,6 +262,7 @@ def _work(
     orders: Connection,
     lifeline: Connection,
 ) -> None:
+    tune_chunk_worker()  # this process's entry
     threading.Thread(target=_exit_with_parent, args=(lifeline,), name="parent-watch", daemon=True).start()
     outbox = _Outbox(events)
     forward = _ForwardLogs(outbox)
