@@ -12,7 +12,6 @@ stable across processes (sha512 of the string), so the same spec and anchor alwa
 from __future__ import annotations
 
 import bisect
-import gc
 import math
 import random
 from dataclasses import dataclass, field
@@ -818,16 +817,8 @@ def build_dataset(spec: DatasetSpec, anchor: int | None = None) -> Dataset:
     names = [s.name for s in spec.sessions]
     if not names or len(set(names)) != len(names):
         raise ValueError(f"session names must be unique and non-empty, got {names}")
-    # Millions of long-lived objects: cyclic GC passes during the build are pure overhead (and quadratic-ish),
-    # and freezing afterwards keeps them out of every later collection in the serving process.
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        sessions = {s.name: _SessionBuilder(spec, s, anchor).build() for s in spec.sessions}
-    finally:
-        if was_enabled:
-            gc.enable()
-    gc.freeze()
+    # Millions of long-lived objects: the simulator server's entries build them inside process_tuning.long_lived().
+    sessions = {s.name: _SessionBuilder(spec, s, anchor).build() for s in spec.sessions}
     return Dataset(spec=spec, anchor=anchor, sessions=sessions)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from waha_pipeline.process_tuning import long_lived
 from waha_pipeline.simulator.app import TRANSPORT_KEY, create_app
 from waha_pipeline.simulator.dataset import DatasetSpec, build_dataset
 from waha_pipeline.simulator.faults import Faults
@@ -226,7 +227,8 @@ def run_in_thread(
 ) -> Iterator[SimulatorHandle]:
     """Serve a simulator on loopback in a daemon thread; port 0 picks a free port. Stops cleanly on exit."""
     if state is None:
-        state = build_state(spec or DatasetSpec(), api_key=api_key, anchor=anchor)
+        with long_lived():  # an entry: the dataset is served as long as the process lives (process_tuning.py)
+            state = build_state(spec or DatasetSpec(), api_key=api_key, anchor=anchor)
     if faults is not None:
         state.set_faults(faults)
     sock = _bind(host, port)
@@ -266,7 +268,8 @@ def serve_forever(
 ) -> None:
     """Serve in the foreground until SIGINT/SIGTERM (the `waha-pipeline simulate` command)."""
     if state is None:
-        state = build_state(spec or DatasetSpec(), api_key=api_key, anchor=anchor)
+        with long_lived():  # an entry: the dataset is served until exit (process_tuning.py)
+            state = build_state(spec or DatasetSpec(), api_key=api_key, anchor=anchor)
     if faults is not None:
         state.set_faults(faults)
     sock = _bind(host, port)
