@@ -207,6 +207,8 @@ def import_lock_holder(conn: sa.Connection, channel_slug: str) -> str | None:
         sa.text(
             "SELECT a.application_name, a.backend_start FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
             "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.classid = CAST(:ns AS oid) "
+            # advisory locks belong to a database; pg_locks lists those of every database of the server
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
             "AND l.objid = CAST(hashtext(:slug)::bigint & 4294967295 AS oid) LIMIT 1"
         ),
         {"ns": _IMPORT_LOCK_NAMESPACE, "slug": channel_slug},
