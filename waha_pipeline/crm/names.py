@@ -42,7 +42,7 @@ def settle(conn: sa.Connection, batch: ChunkBatch, joined: dict[str, str]) -> No
         return
     ctx = batch.context
     chats = with_learned_phones(batch.planned_chats, joined)
-    peers = peers_outside(chats, batch.plan_chats(), joined)
+    peers = peers_outside(chats, batch.plan_chats(conn), joined)
     if not peers:
         return
     by_contact: dict[str, list[PlannedChat]] = {}

@@ -253,12 +253,17 @@ class CrmStore:
         assert plan is not None
         return plan, chunk, chats
 
-    def plan_chats(self, plan_id: str) -> dict[str, PlannedChat]:
-        """Every chat of a plan by chat id (the latest plan asked for is kept: chunks of one run share it)."""
+    def plan_chats(self, plan_id: str, conn: sa.Connection | None = None) -> dict[str, PlannedChat]:
+        """Every chat of a plan by chat id (the latest plan asked for is kept: chunks of one run share it). Inside a
+        transaction pass its connection: on SQLite a second connection would wait for that transaction's lock."""
         cached = self._plan_chats
         if cached is None or cached[0] != plan_id:
-            with self.engine.connect() as conn:
-                cached = self._plan_chats = (plan_id, ledger.plan_chats(conn, plan_id))
+            if conn is not None:
+                cached = (plan_id, ledger.plan_chats(conn, plan_id))
+            else:
+                with self.engine.connect() as own:
+                    cached = (plan_id, ledger.plan_chats(own, plan_id))
+            self._plan_chats = cached
         return cached[1]
 
     def committed_chunk_keys(self, plan_id: str) -> set[str]:

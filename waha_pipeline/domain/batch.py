@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -107,5 +108,6 @@ class ChunkBatch:
     reads: Mapping[str, Sequence[tuple[tuple[int | None, int], int | None]]] | None = None
     frozen_chats: frozenset[str] = frozenset()  # chats whose coverage must not move (rows stamped after plan time)
     skipped: Mapping[str, int] | None = None  # rows WAHA served that are neither messages nor rejects, by reason
-    # every chat of the plan by id, read only when a lid's phone learned from messages joins chats of two chunks
-    plan_chats: Callable[[], Mapping[str, PlannedChat]] | None = None
+    # every chat of the plan by id, read (through the commit's own connection) only when a lid's phone learned from
+    # messages joins chats of two chunks
+    plan_chats: Callable[[Any], Mapping[str, PlannedChat]] | None = None

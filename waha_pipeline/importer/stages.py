@@ -283,6 +283,6 @@ def commit(
         frozen_chats=frozenset(c.chat_id for c in chats) if late_chats is None
         else frozenset(late_chats["chat_id"].tolist()),
         skipped=None if skipped is None else skipped_counts(skipped),
-        plan_chats=lambda: store.plan_chats(work.context.plan_id),
+        plan_chats=lambda conn: store.plan_chats(work.context.plan_id, conn),
     )
     return store.commit_chunk(batch)
