@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,17 @@ class AmbiguousChannel(PipelineError):
                          f"({listed}); name one by its slug")
 
 LOCK_POLL_SECONDS = 1.0  # how often a waiting import asks for a channel's import lock again
-# (database, channel slug) -> how many blocks of this process hold that channel's import lock
-_HELD: dict[tuple[str, str], int] = {}
+
+
+@dataclass
+class _HeldLock:
+    """A channel import lock this process holds: the last of its holders to leave releases it, whichever thread
+    took it first."""
+    holders: int
+    release: Callable[[], None]
+
+
+_HELD: dict[tuple[str, str], _HeldLock] = {}  # (database, channel slug) -> the lock this process holds
 _HELD_GUARD = threading.Lock()
 
 STORED_MESSAGE_COLUMNS = {"contact_id": "string", "external_id": "string", "sent_at": "int64", "from_me": "bool"}
@@ -299,7 +309,7 @@ class CrmStore:
         with _HELD_GUARD:
             again = key in _HELD
             if again:
-                _HELD[key] += 1
+                _HELD[key].holders += 1
         if not again:
             deadline = time.monotonic() + wait_seconds
             release = self._try_import_lock(channel_slug)
@@ -311,17 +321,18 @@ class CrmStore:
                 time.sleep(min(LOCK_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
                 release = self._try_import_lock(channel_slug)
             with _HELD_GUARD:
-                _HELD[key] = 1
+                _HELD[key] = _HeldLock(1, release)
         try:
             yield
         finally:
             with _HELD_GUARD:
-                _HELD[key] -= 1
-                last = _HELD[key] == 0
+                held = _HELD[key]
+                held.holders -= 1
+                last = held.holders == 0
                 if last:
                     del _HELD[key]
             if last:
-                release()
+                held.release()
 
     def _try_import_lock(self, channel_slug: str) -> Callable[[], None] | str:
         """The lock taken (returns how to release it), or who holds it."""
