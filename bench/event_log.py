@@ -1,5 +1,5 @@
 """Cost of storing Dagster runs' events in the embedded SQLite instance: Dagster's stock SqliteEventLogStorage vs
-the project's PooledSqliteEventLogStorage (waha_pipeline/defs/sqlite_event_log.py).
+the project's PooledSqliteEventLogStorage (waha_pipeline/instance/sqlite_event_log.py).
 
     .venv/bin/python bench/event_log.py [--runs 5] [--dagster-runs 20] [--lines 20] [--code HEAD]
                                         [--wait-load 1.5:600] [--json FILE]

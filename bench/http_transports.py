@@ -146,7 +146,7 @@ _Adapter: Any = None
 
 
 def _last_message_at(raw: dict) -> int | None:
-    """The chat list's last-activity time, read as the planner does (domain/planning.py)."""
+    """The chat list's last-activity time, read as planning does (domain/planning.py)."""
     value = raw.get("conversationTimestamp", raw.get("timestamp"))
     return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 

@@ -14,7 +14,7 @@ owner decides. The entries, and what each applies (waha_pipeline_tests/test_proc
   process (the in-process executor), before any step, and every asset needs the CRM resource. The sensor's
   evaluation sets the resource up too, outside any run (no run id), and is left as it is;
 - a chunk worker process, `importer/workers.py` `_work()`: `tune_chunk_worker()`;
-- the chunk workers' fork server, `importer/frozen_heap.py`, the last module it preloads: `tune_fork_server()`;
+- the chunk workers' fork server, `importer/fork_server_entry.py`, the last module it preloads: `tune_fork_server()`;
 - the WAHA fetch loop's thread, `BackgroundLoop._run` (importer/background_loop.py): `declare_asyncio_thread()`.
 
 A dataset built by calling `build_dataset` directly (tests that serve nothing) is built with the collector as the
@@ -34,8 +34,8 @@ from collections.abc import Iterator
 
 M_ARENA_MAX = -8  # glibc mallopt parameter
 ARENAS = 2
-# Imported by the chunk workers' fork server before it forks any worker; frozen_heap must be last.
-FORK_SERVER_PRELOAD = ("waha_pipeline.importer.workers", "waha_pipeline.importer.frozen_heap")
+# Imported by the chunk workers' fork server before it forks any worker; fork_server_entry must be last.
+FORK_SERVER_PRELOAD = ("waha_pipeline.importer.workers", "waha_pipeline.importer.fork_server_entry")
 
 
 @functools.cache

@@ -49,7 +49,7 @@ ENTRIES: dict[tuple[str, str], set[str]] = {
     ("simulator/server.py", "serve_forever"): {"long_lived"},
     ("defs/resources.py", "CrmResource.setup_for_execution"): {"tune_import_process"},
     ("importer/workers.py", "_work"): {"tune_chunk_worker"},
-    ("importer/frozen_heap.py", "<module>"): {"tune_fork_server"},
+    ("importer/fork_server_entry.py", "<module>"): {"tune_fork_server"},
     ("importer/background_loop.py", "BackgroundLoop._run"): {"declare_asyncio_thread"},
 }
 
@@ -216,7 +216,7 @@ out.update(frozen=gc.get_freeze_count(), pool=pa.default_memory_pool().backend_n
     assert out["frozen"] > 0  # the Dagster commands' imports
     assert out["pool"] == "system"
     assert out["env"] == "system"  # what a fork server started from here reads
-    assert out["fork_server_child_frozen"] > 0  # the preload ran, frozen_heap last
+    assert out["fork_server_child_frozen"] > 0  # the preload ran, fork_server_entry last
 
 
 def test_a_dagster_run_process_is_tuned_and_a_sensor_evaluation_is_not(tmp_path: Path) -> None:
@@ -250,7 +250,7 @@ def test_a_chunk_worker_process_is_tuned_at_its_entry(tmp_path: Path) -> None:
     out = run_python("""
 import json, multiprocessing as mp, os
 import pyarrow as pa
-from waha_pipeline.importer.stage_plan import STAGES
+from waha_pipeline.importer.stage_actions import STAGES
 from waha_pipeline.importer.workers import RunnerSpec, _work
 
 spec = RunnerSpec(database_url=os.environ["DATABASE_URL"], crm_commit_timeouts=(5.0, 5.0), stage_root="stages",

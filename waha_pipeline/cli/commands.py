@@ -22,32 +22,32 @@ from typing import Any, TextIO
 import dagster as dg
 import sqlalchemy as sa
 
-from waha_pipeline.cli.progress import ProgressReporter
-from waha_pipeline.cli.report import (
-    chunk_table, failure_line, json_document, skipped_line, state_counts, up_to_date_note,
-)
-from waha_pipeline.crm.ledger import primary_message
-from waha_pipeline.crm.records import ChannelRecord, ChunkRecord, PlanRecord
-from waha_pipeline.crm.migrate import upgrade
-from waha_pipeline.crm.store import AmbiguousChannel, CrmStore, ImportRunning
-from waha_pipeline.defs.assets import PlanConfig
-from waha_pipeline.defs.launch import (
+from waha_pipeline.cli.launch import (
     INTERRUPTED,
     Signals,
     add_partitions,
     chunk_failures,
-    other_runs_in_progress,
     run_chunks,
     run_errors,
     run_plan,
     was_interrupted,
 )
-from waha_pipeline.defs.partitions import CHUNKS
+from waha_pipeline.cli.progress import ProgressReporter
+from waha_pipeline.cli.report import (
+    chunk_table, failure_line, json_document, skipped_line, state_counts, up_to_date_note,
+)
+from waha_pipeline.crm.ledger import primary_message
+from waha_pipeline.crm.migrate import upgrade
+from waha_pipeline.crm.records import ChannelRecord, ChunkRecord, PlanRecord
+from waha_pipeline.crm.store import AmbiguousChannel, CrmStore, ImportRunning
+from waha_pipeline.defs.assets import PlanConfig
 from waha_pipeline.defs.location import build_definitions
+from waha_pipeline.defs.partitions import CHUNKS
 from waha_pipeline.errors import ConfigError, PipelineError, WahaPermanentError, WahaSessionNotFound
-from waha_pipeline.importer.planner import (
+from waha_pipeline.importer.channel_plan import (
     ChannelNotPlannable, account_of, find_session, resolve_channel, session_of_channel,
 )
+from waha_pipeline.instance.runs import other_runs_in_progress
 from waha_pipeline.settings import CatchUp, Settings
 from waha_pipeline.waha.client import WahaClient
 from waha_pipeline.waha.models import SessionInfo
@@ -68,9 +68,9 @@ python_logs:
   managed_python_loggers:
     - waha_pipeline
   python_log_level: INFO
-# The stock SQLite event log opens a new engine per event; this one keeps them (waha_pipeline/defs/sqlite_event_log.py).
+# The stock SQLite event log opens a new engine per event; this one keeps them (waha_pipeline/instance/sqlite_event_log.py).
 event_log_storage:
-  module: waha_pipeline.defs.sqlite_event_log
+  module: waha_pipeline.instance.sqlite_event_log
   class: PooledSqliteEventLogStorage
 """
 
@@ -85,7 +85,7 @@ def prepare(settings: Settings) -> dg.DagsterInstance:
         config.write_text(DEFAULT_INSTANCE_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
     # A new run's planned-materialization events (five per chunk) reach the event log as one batch, which the
-    # embedded storage writes in one transaction per shard (defs/sqlite_event_log.py).
+    # embedded storage writes in one transaction per shard (instance/sqlite_event_log.py).
     os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", "1000")
     try:
         upgrade(settings.database_url)

@@ -20,12 +20,12 @@ import orjson
 import pandas as pd
 import sqlalchemy as sa
 
-from waha_pipeline.crm import coverage, ledger, names, sql, staging
+from waha_pipeline.crm import coverage_rows, ledger, names, sql, temp_tables
 from waha_pipeline.crm.records import CommitResult
 from waha_pipeline.crm.schema import UUID_T, channels, contacts, import_plans, message_rejects, messages
 from waha_pipeline.crm.schema import sessions, to_seconds, to_utc
-from waha_pipeline.crm.staging import stage_assign, stage_contacts, stage_merges, stage_messages, stage_rejects
-from waha_pipeline.crm.staging import stage_sessions
+from waha_pipeline.crm.temp_tables import temp_assign, temp_contacts, temp_merges, temp_messages, temp_rejects
+from waha_pipeline.crm.temp_tables import temp_sessions
 from waha_pipeline.domain import ids
 from waha_pipeline.domain.batch import CONTACT_COLUMNS, MESSAGE_COLUMNS, REJECT_COLUMNS, ChunkBatch, ChunkContext
 from waha_pipeline.domain.batch import conform, empty_frame
@@ -138,12 +138,12 @@ def _commit(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
         kept = set(message_frame["contact_id"].dropna())
         gone = set(batch.messages["contact_id"].dropna()) - kept
         contact_frame = contact_frame[~contact_frame["id"].isin(list(gone))]
-    contact_frame = contact_frame.assign(name=staging.without_nul(contact_frame["name"]))
+    contact_frame = contact_frame.assign(name=temp_tables.without_nul(contact_frame["name"]))
     reject_frame = pd.concat([batch.rejects, nul_rejects], ignore_index=True) if len(nul_rejects) else batch.rejects
     reject_frame = reject_frame.drop_duplicates("id") if len(reject_frame) else reject_frame
 
-    staging.create(conn)
-    staging.load(conn, stage_contacts, contact_frame)
+    temp_tables.create(conn)
+    temp_tables.load(conn, temp_contacts, contact_frame)
     merged, other_channels = _upsert_contacts(conn, ctx.tenant_id)
     # The chunk's contacts, plus stored phone contacts that lid-only chats resolved to.
     affected = sorted(set(contact_frame["id"].dropna()) | set(message_frame["contact_id"].dropna()))
@@ -155,17 +155,17 @@ def _commit(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
         n_sessions = _count_sessions(conn, ctx.channel_id, affected_ids)
     else:
         inserted, n_sessions = _resessionize(conn, ctx, message_frame, affected_ids, settings)
-    staging.load(conn, stage_rejects, reject_frame)
+    temp_tables.load(conn, temp_rejects, reject_frame)
     _insert_rejects(conn, ctx.tenant_id, ctx.channel_id)
     for channel_id in other_channels:  # a merged lid-only contact also had messages in other channels
         other = _effective_settings(conn, channel_id, settings.plan_time, None)
-        _recompute_sessions(conn, ctx.tenant_id, channel_id, sa.select(stage_merges.c.new_id), other)
+        _recompute_sessions(conn, ctx.tenant_id, channel_id, sa.select(temp_merges.c.new_id), other)
     # lid phones learned from messages after planning: the chats' identity as the next plan will see it
     joined = names.joined_pairs(conn, ctx.tenant_id, batch.planned_chats)
     names.settle(conn, batch, joined)
     fingerprints = {c.chat_id: chat_fingerprint(c, settings.timeout_minutes)
                     for c in with_learned_phones(batch.planned_chats, joined)}
-    coverage.extend(conn, ctx, fingerprints, set(message_frame["chat_id"].dropna()),
+    coverage_rows.extend(conn, ctx, fingerprints, set(message_frame["chat_id"].dropna()),
                     reads=batch.reads, frozen=batch.frozen_chats)
 
     counts = {
@@ -177,7 +177,7 @@ def _commit(conn: sa.Connection, batch: ChunkBatch) -> CommitResult:
         "skipped": None if batch.skipped is None else dict(batch.skipped),
     }
     ledger.mark_chunk_committed(conn, ctx.plan_id, ctx.chunk_key, counts)
-    staging.drop(conn)
+    temp_tables.drop(conn)
     return CommitResult(
         messages_inserted=inserted,
         messages_total=len(message_frame),
@@ -199,11 +199,11 @@ def _without_nul(ctx: ChunkContext, frame: pd.DataFrame) -> tuple[pd.DataFrame, 
     if frame.empty:
         return frame, empty_frame(REJECT_COLUMNS)
     if "push_name" in frame.columns:
-        frame = frame.assign(push_name=staging.without_nul(frame["push_name"]))
+        frame = frame.assign(push_name=temp_tables.without_nul(frame["push_name"]))
     reason = pd.Series(pd.NA, index=frame.index, dtype="string")
     for column in reversed(_NUL_REJECTS):  # the first column of the list wins
         if column in frame.columns:
-            reason[staging.with_nul(frame[column])] = f"{column} contains a NUL character"
+            reason[temp_tables.with_nul(frame[column])] = f"{column} contains a NUL character"
     bad = reason.notna()
     if not bad.any():
         return frame, empty_frame(REJECT_COLUMNS)
@@ -227,7 +227,7 @@ _OWN_IDS = ("id", "contact_id", "session_id")  # computed here, not received fro
 
 def _escaped(values: pd.Series) -> pd.Series:
     """NUL spelled as JSON does, so a reject can name the value it could not store."""
-    return values.astype("string").str.replace(staging.NUL, "\\u0000", regex=False)
+    return values.astype("string").str.replace(temp_tables.NUL, "\\u0000", regex=False)
 
 
 def _resessionize(
@@ -243,7 +243,7 @@ def _resessionize(
     combined = pd.concat([stored[list(_SESSION_INPUT)], new[list(_SESSION_INPUT)]], ignore_index=True)
     per_row, new_sessions = _assign(combined, ctx.channel_id, settings)
     _upsert_sessions(conn, ctx.tenant_id, ctx.channel_id, new_sessions)
-    staging.load(conn, stage_messages, new.assign(session_id=per_row.iloc[len(stored):].to_numpy()))
+    temp_tables.load(conn, temp_messages, new.assign(session_id=per_row.iloc[len(stored):].to_numpy()))
     inserted = _insert_messages(conn, ctx.tenant_id, ctx.channel_id)
     if inserted == len(new):
         _reassign_stored(conn, stored, per_row.iloc[: len(stored)])
@@ -329,7 +329,7 @@ def _upsert_contacts(conn: sa.Connection, tenant_id: str) -> tuple[int, list[str
 
     Returns the number of merged contacts and the other channels their messages lived in.
     """
-    s, c = stage_contacts.c, contacts.c
+    s, c = temp_contacts.c, contacts.c
     # A lid now mapped to another phone moves to that phone (WAHA's latest mapping wins, as a clean import would).
     taken_elsewhere = sa.exists().where(
         s.lid == c.lid, s.phone.is_not(None), s.id != c.id
@@ -341,14 +341,14 @@ def _upsert_contacts(conn: sa.Connection, tenant_id: str) -> tuple[int, list[str
     )
     # Lid-only contacts whose lid an incoming phone contact carries: merge them into it (SPEC 6.3).
     conn.execute(
-        sa.insert(stage_merges).from_select(
+        sa.insert(temp_merges).from_select(
             ["old_id", "new_id"],
             sa.select(c.id, s.id)
-            .join(stage_contacts, sa.and_(s.lid == c.lid, s.id != c.id))
+            .join(temp_contacts, sa.and_(s.lid == c.lid, s.id != c.id))
             .where(c.tenant_id == tenant_id, c.phone.is_(None), s.phone.is_not(None)),
         )
     )
-    m = stage_merges.c
+    m = temp_merges.c
     pending_merge = s.id.in_(sa.select(m.new_id))
 
     stmt = sql.insert(contacts, conn.dialect)
@@ -371,7 +371,7 @@ def _upsert_contacts(conn: sa.Connection, tenant_id: str) -> tuple[int, list[str
         )
     )
 
-    merged = conn.execute(sa.select(sa.func.count()).select_from(stage_merges)).scalar_one()
+    merged = conn.execute(sa.select(sa.func.count()).select_from(temp_merges)).scalar_one()
     if not merged:
         return 0, []
     old_ids = sa.select(m.old_id)
@@ -386,7 +386,7 @@ def _upsert_contacts(conn: sa.Connection, tenant_id: str) -> tuple[int, list[str
         .where(c.id.in_(sa.select(m.new_id)), c.name.is_(None))
         .values(
             name=sa.select(old.c.name)
-            .join(stage_merges, m.old_id == old.c.id)
+            .join(temp_merges, m.old_id == old.c.id)
             .where(m.new_id == c.id)
             .scalar_subquery()
         )
@@ -408,7 +408,7 @@ def _upsert_contacts(conn: sa.Connection, tenant_id: str) -> tuple[int, list[str
 
 
 def _insert_messages(conn: sa.Connection, tenant_id: str, channel_id: str) -> int:
-    sm = stage_messages.c
+    sm = temp_messages.c
     columns = ["id", "tenant_id", "channel_id", "contact_id", "session_id", "chat_id", "external_id", "from_me",
                "sent_at", "content_type", "body", "sender_id", "push_name"]  # fmt: skip
     select = sa.select(
@@ -441,7 +441,7 @@ def _insert_messages(conn: sa.Connection, tenant_id: str, channel_id: str) -> in
 
 
 def _insert_rejects(conn: sa.Connection, tenant_id: str, channel_id: str) -> None:
-    sr = stage_rejects.c
+    sr = temp_rejects.c
     select = sa.select(
         sr.id, sa.literal(tenant_id, sa.Text), sa.literal(channel_id, UUID_T), sr.chat_id, sr.external_id,
         sr.reason, sr.payload,
@@ -491,9 +491,9 @@ def _recompute_sessions(
 
 
 def _upsert_sessions(conn: sa.Connection, tenant_id: str, channel_id: str, new_sessions: pd.DataFrame) -> None:
-    staging.clear(conn, stage_sessions)
-    staging.load(conn, stage_sessions, new_sessions)
-    ss = stage_sessions.c
+    temp_tables.clear(conn, temp_sessions)
+    temp_tables.load(conn, temp_sessions, new_sessions)
+    ss = temp_sessions.c
     stmt = sql.insert(sessions, conn.dialect)
     select = sa.select(
         ss.id, sa.literal(tenant_id, sa.Text), sa.literal(channel_id, UUID_T), ss.contact_id,
@@ -520,10 +520,10 @@ def _reassign_stored(conn: sa.Connection, stored: pd.DataFrame, per_row: pd.Seri
     changed = stored["session_id"].ne(new_ids).fillna(True).astype(bool)
     if not changed.any():
         return
-    staging.clear(conn, stage_assign)
-    staging.load(conn, stage_assign, pd.DataFrame({"message_id": stored.loc[changed, "id"],
+    temp_tables.clear(conn, temp_assign)
+    temp_tables.load(conn, temp_assign, pd.DataFrame({"message_id": stored.loc[changed, "id"],
                                                    "session_id": new_ids[changed]}))  # fmt: skip
-    sa_ = stage_assign.c
+    sa_ = temp_assign.c
     conn.execute(sa.update(messages).where(messages.c.id == sa_.message_id).values(session_id=sa_.session_id))
 
 
@@ -532,7 +532,7 @@ def _delete_stale_sessions(conn: sa.Connection, channel_id: str, contact_ids: Co
         sa.delete(sessions).where(
             sessions.c.channel_id == channel_id,
             sessions.c.contact_id.in_(contact_ids),
-            sessions.c.id.not_in(sa.select(stage_sessions.c.id)),
+            sessions.c.id.not_in(sa.select(temp_sessions.c.id)),
         )
     )
 

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from waha_pipeline.crm import commit, coverage, ledger, sql
+from waha_pipeline.crm import commit, coverage_rows, ledger, sql
 from waha_pipeline.crm.records import (
     ChannelRecord,
     ChunkRecord,
@@ -387,7 +387,7 @@ class CrmStore:
         """What each chat (default: every chat of the channel) already has in the CRM, so a re-import plans and
         fetches only the rest (domain.coverage)."""
         with self.engine.connect() as conn:
-            return coverage.read(conn, channel_id, chat_ids)
+            return coverage_rows.read(conn, channel_id, chat_ids)
 
     def latest_push_names(self, channel_id: str, contact_ids: Collection[str]) -> pd.DataFrame:
         """Per contact, its latest stored inbound message with a push name: contact_id, sent_at, external_id,

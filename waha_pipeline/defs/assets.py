@@ -21,8 +21,8 @@ from waha_pipeline.defs.partitions import channel_partitions, chunk_partitions
 from waha_pipeline.defs.resources import CrmResource, WahaResource
 from waha_pipeline.domain.planning import slug_of_chunk
 from waha_pipeline.importer.chunk_runner import ChunkFailed
-from waha_pipeline.importer.planner import PlanRequest, find_session, plan_and_record
-from waha_pipeline.importer.stage_plan import STAGES
+from waha_pipeline.importer.channel_plan import PlanRequest, find_session, plan_and_record
+from waha_pipeline.importer.stage_actions import STAGES
 from waha_pipeline.importer.workers import run_in_workers
 
 GROUP = "waha_import"

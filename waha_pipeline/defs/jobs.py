@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from waha_pipeline.importer.stage_plan import STAGES
+from waha_pipeline.importer.stage_actions import STAGES
 
 channel_plan_job = dg.define_asset_job("channel_plan_job", selection=dg.AssetSelection.assets("channel_plan"))
 chunk_import_job = dg.define_asset_job("chunk_import_job", selection=dg.AssetSelection.assets(*STAGES))

@@ -12,7 +12,7 @@ import dagster as dg
 from waha_pipeline.defs.assets import import_assets
 from waha_pipeline.defs.jobs import channel_plan_job, chunk_import_job
 from waha_pipeline.defs.resources import CrmResource, WahaResource
-from waha_pipeline.defs.run_tags import waha_pool
+from waha_pipeline.instance.runs import waha_pool
 from waha_pipeline.defs.sensors import build_session_sensor
 from waha_pipeline.settings import CatchUp, parse_waha_url
 

@@ -37,12 +37,13 @@ import dagster as dg
 from waha_pipeline.crm.records import ChannelRecord, ChunkRecord
 from waha_pipeline.defs.assets import MAX_CHUNKS_PER_RUN
 from waha_pipeline.defs.jobs import channel_plan_job, chunk_import_job
-from waha_pipeline.defs.launch import RANGE_END, RANGE_START, contiguous_ranges, other_runs_in_progress
 from waha_pipeline.defs.partitions import channel_partitions, chunk_partitions
 from waha_pipeline.defs.resources import CrmResource, WahaResource
-from waha_pipeline.defs.run_tags import run_tags, waha_server_label
 from waha_pipeline.domain.catchup import DEEP, catchup_due
-from waha_pipeline.importer.planner import ChannelNotPlannable, resolve_channel
+from waha_pipeline.importer.channel_plan import ChannelNotPlannable, resolve_channel
+from waha_pipeline.instance.runs import (
+    RANGE_END, RANGE_START, contiguous_ranges, other_runs_in_progress, run_tags, waha_server_label,
+)
 from waha_pipeline.settings import CatchUp
 from waha_pipeline.waha.models import SessionInfo
 

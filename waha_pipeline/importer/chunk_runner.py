@@ -24,7 +24,7 @@ from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.errors import ChunkError, WahaPermanentError, WahaSessionNotFound
 from waha_pipeline.importer import stages
 from waha_pipeline.importer.background_loop import BackgroundLoop
-from waha_pipeline.importer.stage_plan import STAGES, Action, stage_actions
+from waha_pipeline.importer.stage_actions import STAGES, Action, stage_actions
 from waha_pipeline.importer.stage_store import StageStore
 from waha_pipeline.waha.client import WahaClient, WahaStats
 

@@ -156,7 +156,7 @@ def reads_frame(reads: list[tuple[str, int | None, int, int | None]]) -> pd.Data
 
 
 def proven_reads(frame: pd.DataFrame | None) -> dict[str, list[Read]]:
-    """A READS_COLUMNS frame as `crm.coverage.extend` takes it: chat -> [((gte, lte), proven_to), ...]."""
+    """A READS_COLUMNS frame as `crm.coverage_rows.extend` takes it: chat -> [((gte, lte), proven_to), ...]."""
     out: dict[str, list[Read]] = {}
     if frame is None:
         return out

@@ -29,7 +29,7 @@ from multiprocessing.process import BaseProcess
 
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.importer.chunk_runner import ChunkFailed, ChunkRunner, StageDone, one_line
-from waha_pipeline.importer.stage_plan import STAGES
+from waha_pipeline.importer.stage_actions import STAGES
 from waha_pipeline.importer.stage_store import StageStore
 from waha_pipeline.importer.worker_server import CONTEXT
 from waha_pipeline.process_tuning import tune_chunk_worker

@@ -32,7 +32,7 @@ from waha_pipeline.domain.batch import (
 from waha_pipeline.domain.planning import ChannelPlan, ChunkPlan, PlannedChat
 from waha_pipeline.importer.background_loop import BackgroundLoop
 from waha_pipeline.importer.chunk_runner import ChunkRunner
-from waha_pipeline.importer.stage_plan import STAGES
+from waha_pipeline.importer.stage_actions import STAGES
 from waha_pipeline.importer.stage_store import StageStore
 from waha_pipeline.waha.client import WahaClient
 from waha_pipeline.waha.limiter import ServerLimiter

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from waha_pipeline.crm import commit, staging
+from waha_pipeline.crm import commit, temp_tables
 from waha_pipeline.crm.commit import CrmBusy
 from waha_pipeline.crm.schema import contacts, message_rejects, messages, sessions
 from waha_pipeline.crm.store import CrmStore
@@ -138,8 +138,8 @@ def test_a_concatenated_frame_loads_as_its_rows(store: CrmStore) -> None:
                    REJECT_COLUMNS)
     frame = pd.concat([empty_frame(REJECT_COLUMNS), tail], ignore_index=True)
     with store.engine.begin() as conn:
-        staging.create(conn)
-        staging.load(conn, staging.stage_rejects, frame)
-        loaded = conn.execute(sa.select(staging.stage_rejects.c.chat_id, staging.stage_rejects.c.reason)).all()
-        staging.drop(conn)
+        temp_tables.create(conn)
+        temp_tables.load(conn, temp_tables.temp_rejects, frame)
+        loaded = conn.execute(sa.select(temp_tables.temp_rejects.c.chat_id, temp_tables.temp_rejects.c.reason)).all()
+        temp_tables.drop(conn)
     assert sorted(tuple(r) for r in loaded) == [("a@c.us", "a@c.us r"), ("b@c.us", "b@c.us r")]

@@ -20,12 +20,12 @@ import pytest
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.definitions import build_definitions
 from waha_pipeline.defs import assets
-from waha_pipeline.defs.launch import add_partitions
+from waha_pipeline.cli.launch import add_partitions
 from waha_pipeline.defs.partitions import CHANNELS, CHUNKS
 from waha_pipeline.defs.resources import CrmResource, WahaResource
-from waha_pipeline.defs.run_tags import waha_pool
+from waha_pipeline.instance.runs import waha_pool
 from waha_pipeline.domain.planning import channel_slug
-from waha_pipeline.importer.stage_plan import STAGES
+from waha_pipeline.importer.stage_actions import STAGES
 from waha_pipeline.settings import CatchUp
 from waha_pipeline.simulator.dataset import DatasetSpec
 from waha_pipeline.simulator.server import run_in_thread

@@ -28,9 +28,9 @@ import pytest
 import sqlalchemy as sa
 
 from waha_pipeline.crm.migrate import upgrade
-from waha_pipeline.defs.run_tags import CHANNEL_TAG, MAX_RUNTIME_TAG, run_tags
+from waha_pipeline.instance.runs import CHANNEL_TAG, MAX_RUNTIME_TAG, run_tags
 from waha_pipeline.domain.planning import channel_slug
-from waha_pipeline.importer.stage_plan import STAGES
+from waha_pipeline.importer.stage_actions import STAGES
 from waha_pipeline.simulator.dataset import DatasetSpec, SessionSpec
 from waha_pipeline.simulator.server import run_in_thread
 from waha_pipeline_tests.conftest import temporary_pg_database

@@ -13,7 +13,7 @@ import dagster as dg
 from waha_pipeline.definitions import defs
 from waha_pipeline.defs.assets import chunk_import
 from waha_pipeline.defs.partitions import CHANNELS, CHUNKS
-from waha_pipeline.importer.stage_plan import STAGES
+from waha_pipeline.importer.stage_actions import STAGES
 
 
 def _specs() -> dict[dg.AssetKey, dg.AssetSpec]:

@@ -23,7 +23,7 @@ from dagster._core.definitions.sensor_definition import SensorExecutionData
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.definitions import build_definitions
 from waha_pipeline.defs.resources import CrmResource, WahaResource
-from waha_pipeline.defs.run_tags import (
+from waha_pipeline.instance.runs import (
     CHANNEL_TAG,
     MAX_RUNTIME_TAG,
     WAHA_SERVER_TAG,

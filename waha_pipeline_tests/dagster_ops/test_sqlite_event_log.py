@@ -17,7 +17,7 @@ import pytest
 from dagster._core.events.log import EventLogEntry
 
 from waha_pipeline.cli.commands import DEFAULT_INSTANCE_YAML
-from waha_pipeline.defs.sqlite_event_log import OPEN_RUN_SHARDS, PooledSqliteEventLogStorage
+from waha_pipeline.instance.sqlite_event_log import OPEN_RUN_SHARDS, PooledSqliteEventLogStorage
 
 PARTITIONS = 40
 

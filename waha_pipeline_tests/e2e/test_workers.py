@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from waha_pipeline.crm.store import CrmStore
-from waha_pipeline.importer.stage_plan import STAGES
+from waha_pipeline.importer.stage_actions import STAGES
 from waha_pipeline.importer.workers import ChunkWorkerError, RunnerSpec, run_in_workers
 
 from waha_pipeline.simulator import DatasetSpec, Faults, run_in_thread

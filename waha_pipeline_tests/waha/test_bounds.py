@@ -21,7 +21,7 @@ from waha_pipeline.crm.migrate import upgrade
 from waha_pipeline.crm.schema import import_plans
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.errors import ConfigError, WahaPermanentError
-from waha_pipeline.importer.planner import PlanRequest, plan_and_record
+from waha_pipeline.importer.channel_plan import PlanRequest, plan_and_record
 from waha_pipeline.settings import DEFAULT_MAX_RESPONSE_MB, DEFAULT_PLAN_DEADLINE_S, MB, Settings
 from waha_pipeline.waha.client import WahaClient
 from waha_pipeline.waha.http11 import DEFAULT_MAX_BODY, Http11Transport, ResponseTooLarge

@@ -25,18 +25,10 @@ import dagster as dg
 from waha_pipeline.crm.ledger import primary_message
 from waha_pipeline.defs.assets import MAX_CHUNKS_PER_RUN, PlanConfig
 from waha_pipeline.defs.partitions import CHANNELS, CHUNKS
-from waha_pipeline.defs.run_tags import CHANNEL_TAG, run_tags
+from waha_pipeline.instance.runs import (
+    CLI, LAUNCHED_BY_TAG, RANGE_END, RANGE_START, contiguous_ranges, run_tags,
+)
 
-IN_PROGRESS = [
-    dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,
-]
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
-# Runs the CLI executes in its own process; their liveness is the channel's import lock (CrmStore.import_lock),
-# not their status in the instance (a killed CLI leaves them STARTED for good).
-LAUNCHED_BY_TAG = "waha_pipeline/launched_by"
-CLI = "cli"
 INTERRUPTED = "interrupted"
 INTERRUPT_CLASSES = frozenset({"DagsterExecutionInterruptedError", "KeyboardInterrupt"})
 # Dagster's wrappers around the exception that caused a step to fail.
@@ -63,23 +55,6 @@ class PlannedRun:
     chunk_keys: list[str]
     error: str | None
     up_to_date: int = 0  # chats left out of the plan because nothing of theirs changed
-
-
-def contiguous_ranges(ordered: Sequence[str], wanted: Sequence[str], max_len: int) -> list[list[str]]:
-    """Split `wanted` into runs of keys adjacent in `ordered`, at most `max_len` each."""
-    wanted_set = set(wanted)
-    ranges: list[list[str]] = []
-    current: list[str] = []
-    for key in ordered:
-        if key in wanted_set and len(current) < max_len:
-            current.append(key)
-            continue
-        if current:
-            ranges.append(current)
-        current = [key] if key in wanted_set else []
-    if current:
-        ranges.append(current)
-    return ranges
 
 
 def add_partitions(instance: dg.DagsterInstance, name: str, keys: Sequence[str]) -> None:
@@ -149,15 +124,6 @@ def run_chunks(
             )
         )
     return results
-
-
-def other_runs_in_progress(instance: dg.DagsterInstance, channel_slug: str) -> list[str]:
-    """Ids of the channel's runs in progress that the CLI did not launch (sensor, UI, backfill runs): their
-    pending chunks are live. CLI runs are left out, their liveness is the import lock."""
-    records = instance.get_run_records(
-        dg.RunsFilter(statuses=IN_PROGRESS, tags={CHANNEL_TAG: channel_slug})
-    )
-    return [r.dagster_run.run_id for r in records if r.dagster_run.tags.get(LAUNCHED_BY_TAG) != CLI]
 
 
 # -- what a run's failure was, in one line ----------------------------------------------------------------------

@@ -8,7 +8,7 @@ import uuid
 import pandas as pd
 import sqlalchemy as sa
 
-from waha_pipeline.crm import staging
+from waha_pipeline.crm import temp_tables
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.domain.batch import conform
 
@@ -29,10 +29,10 @@ def test_every_value_comes_back_exactly(store: CrmStore) -> None:
     }), {"id": "string", "contact_id": "string", "chat_id": "string", "external_id": "string", "from_me": "bool",
          "sent_at": "int64", "body": "string"})
     with store.engine.begin() as conn:
-        staging.create(conn)
-        assert staging.load(conn, staging.stage_messages, frame) == n
-        rows = conn.execute(sa.select(staging.stage_messages).order_by(staging.stage_messages.c.external_id)).all()
-        staging.drop(conn)
+        temp_tables.create(conn)
+        assert temp_tables.load(conn, temp_tables.temp_messages, frame) == n
+        rows = conn.execute(sa.select(temp_tables.temp_messages).order_by(temp_tables.temp_messages.c.external_id)).all()
+        temp_tables.drop(conn)
     by_id = {r.external_id: r for r in rows}
     for k, body in enumerate(BODIES):
         row = by_id[f"e{k}"]

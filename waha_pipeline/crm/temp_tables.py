@@ -1,4 +1,4 @@
-"""Per-transaction staging tables and the bulk load into them (PostgreSQL COPY, SQLite executemany).
+"""Per-transaction temp tables and the bulk load into them (PostgreSQL COPY, SQLite executemany).
 
 A chunk's frames are loaded into TEMP tables once, and every write to the CRM tables is then one set-based
 `INSERT ... SELECT` / `UPDATE ... FROM` against them: no per-row round trips, no SELECT-then-INSERT dedup.
@@ -28,8 +28,8 @@ def _temp(name: str, *columns: sa.Column[Any]) -> sa.Table:
     return sa.Table(name, _meta, *columns, prefixes=["TEMPORARY"], postgresql_on_commit="DELETE ROWS")
 
 
-stage_contacts = _temp(
-    "stage_contacts",
+temp_contacts = _temp(
+    "temp_contacts",
     sa.Column("id", UUID_T, primary_key=True),
     sa.Column("phone", sa.Text),
     sa.Column("lid", sa.Text),
@@ -37,14 +37,14 @@ stage_contacts = _temp(
     sa.Column("name", sa.Text),
 )
 
-stage_merges = _temp(
-    "stage_merges",
+temp_merges = _temp(
+    "temp_merges",
     sa.Column("old_id", UUID_T, primary_key=True),  # the lid-only contact that disappears
     sa.Column("new_id", UUID_T, nullable=False),  # the phone contact that takes its messages and lid
 )
 
-stage_messages = _temp(
-    "stage_messages",
+temp_messages = _temp(
+    "temp_messages",
     sa.Column("id", UUID_T),
     sa.Column("contact_id", UUID_T),
     sa.Column("session_id", UUID_T),
@@ -58,8 +58,8 @@ stage_messages = _temp(
     sa.Column("push_name", sa.Text),
 )
 
-stage_rejects = _temp(
-    "stage_rejects",
+temp_rejects = _temp(
+    "temp_rejects",
     sa.Column("id", UUID_T),
     sa.Column("chat_id", sa.Text),
     sa.Column("external_id", sa.Text),
@@ -67,8 +67,8 @@ stage_rejects = _temp(
     sa.Column("payload", sa.Text),
 )
 
-stage_sessions = _temp(
-    "stage_sessions",
+temp_sessions = _temp(
+    "temp_sessions",
     sa.Column("id", UUID_T, primary_key=True),
     sa.Column("contact_id", UUID_T),
     sa.Column("started_at", sa.BigInteger),
@@ -79,17 +79,17 @@ stage_sessions = _temp(
     sa.Column("status", sa.Text),
 )
 
-stage_assign = _temp(
-    "stage_assign",
+temp_assign = _temp(
+    "temp_assign",
     sa.Column("message_id", UUID_T, primary_key=True),
     sa.Column("session_id", UUID_T),
 )
 
-ALL = (stage_contacts, stage_merges, stage_messages, stage_rejects, stage_sessions, stage_assign)
+ALL = (temp_contacts, temp_merges, temp_messages, temp_rejects, temp_sessions, temp_assign)
 
 
 def create(conn: sa.Connection) -> None:
-    """Make every staging table exist, empty, inside the current transaction."""
+    """Make every temp table exist, empty, inside the current transaction."""
     if conn.dialect.name == "postgresql":
         # One round trip; after a connection's first chunk the tables exist and this only checks the catalog.
         conn.exec_driver_sql(_postgres_ddl(conn.dialect))
