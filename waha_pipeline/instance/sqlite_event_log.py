@@ -11,25 +11,40 @@ reports as a modification; it then reads the new rows, WAL included) instead of 
 pages and fsynced on every event (bench `scale`: 2.3 -> 1.5 s between runs). SQLite still checkpoints by itself
 every 1,000 WAL pages and when the last connection closes. The deployable instance
 (dagster.yaml at the project root) uses PostgreSQL and none of this.
+
+It overrides private methods of the stock storage, so it holds for the Dagster release it was verified against
+only (VERIFIED_DAGSTER): on any other release the configured storage is the stock SqliteEventLogStorage, with one
+warning, and the instance works as Dagster ships it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import dagster as dg
 import sqlalchemy as sa
-from dagster import Field, StringSource
-from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
-from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
-from dagster._serdes import ConfigurableClassData
+from dagster import EventLogEntry, Field, StringSource
 
+# The stock storage, at the path Dagster's API reference documents it (Internals > Event log storage).
+from dagster._core.storage.event_log import SqliteEventLogStorage
+
+if TYPE_CHECKING:
+    from dagster._serdes import ConfigurableClassData
+
+VERIFIED_DAGSTER = "1.13.27"  # the release whose SqliteEventLogStorage internals this storage builds on
+RUNNING_DAGSTER: str = dg.__version__
 OPEN_RUN_SHARDS = 8
+log = logging.getLogger(__name__)
+
+if RUNNING_DAGSTER == VERIFIED_DAGSTER:
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME
+    from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 
 
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
@@ -46,9 +61,14 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     @classmethod
     def from_config_value(  # type: ignore[override]
         cls, inst_data: ConfigurableClassData | None, config_value: dict[str, Any]
-    ) -> PooledSqliteEventLogStorage:
-        """`base_dir` defaults to where the stock storage keeps a DAGSTER_HOME's event logs."""
+    ) -> SqliteEventLogStorage:
+        """`base_dir` defaults to where the stock storage keeps a DAGSTER_HOME's event logs. On a Dagster release
+        other than VERIFIED_DAGSTER this is the stock storage."""
         base_dir = config_value.get("base_dir") or os.path.join(os.environ["DAGSTER_HOME"], "history", "runs")
+        if RUNNING_DAGSTER != VERIFIED_DAGSTER:
+            log.warning("dagster %s is not the release PooledSqliteEventLogStorage is verified against (%s): using "
+                        "Dagster's stock SQLite event log", RUNNING_DAGSTER, VERIFIED_DAGSTER)
+            return SqliteEventLogStorage(base_dir, inst_data=inst_data)
         return cls(base_dir, inst_data=inst_data)
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:

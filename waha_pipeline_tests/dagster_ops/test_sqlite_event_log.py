@@ -14,9 +14,11 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.events.log import EventLogEntry
+from dagster import EventLogEntry
+from dagster._core.storage.event_log import SqliteEventLogStorage
 
 from waha_pipeline.cli.commands import DEFAULT_INSTANCE_YAML
+from waha_pipeline.instance import sqlite_event_log
 from waha_pipeline.instance.sqlite_event_log import OPEN_RUN_SHARDS, PooledSqliteEventLogStorage
 
 PARTITIONS = 40
@@ -138,3 +140,17 @@ def test_a_failing_batch_keeps_nothing_so_dagster_can_store_it_event_by_event(
         for event in batch:  # Dagster's fallback after a failed batch
             storage.store_event(event)
         assert len(writer.all_logs(run_id)) == len(batch)
+
+
+def test_on_another_dagster_release_the_stock_storage_stores_and_serves_every_event(
+    home: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sqlite_event_log, "RUNNING_DAGSTER", "1.14.0")
+    with dg.DagsterInstance.get() as writer:
+        assert type(writer.event_log_storage) is SqliteEventLogStorage
+        result = _quiet_run(writer)
+        with dg.DagsterInstance.get() as reader:
+            records = reader.fetch_materializations(dg.AssetKey("chunk"), limit=1000).records
+            assert sorted(r.partition_key for r in records) == [f"p{k:03d}" for k in range(PARTITIONS)]
+            assert reader.get_run_by_id(result.run_id).is_success  # type: ignore[union-attr]
+    assert "dagster 1.14.0 is not the release PooledSqliteEventLogStorage is verified against (1.13.27)" in caplog.text
