@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from waha_pipeline.simulator import Dataset, DatasetSpec, SessionSpec, SimulatorHandle, build_dataset, run_in_thread
-from waha_pipeline.simulator import app as sim_app
+from waha_pipeline.simulator import middleware as sim_middleware
 
 ANCHOR = 1_760_000_000  # fixed "now" of every simulator test dataset
 API_KEY = "sim-test-key"
@@ -43,7 +43,7 @@ def client(sim: SimulatorHandle) -> Iterator[httpx.Client]:
 
 
 class ServerWaits:
-    """Stands in for the `asyncio` module of simulator/app.py and records every timed wait the server starts
+    """Stands in for the `asyncio` module of simulator/middleware.py and records every timed wait the server starts
     (latency and jitter sleeps, hang timeouts) before waiting for real. The server's delays are then asserted
     from what it was told to wait, not from a stopwatch that a loaded machine would stretch."""
 
@@ -70,5 +70,5 @@ class ServerWaits:
 @pytest.fixture()
 def server_waits(monkeypatch: pytest.MonkeyPatch) -> ServerWaits:
     waits = ServerWaits()
-    monkeypatch.setattr(sim_app, "asyncio", waits)
+    monkeypatch.setattr(sim_middleware, "asyncio", waits)
     return waits
