@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -20,70 +20,33 @@ import sqlalchemy as sa
 from sqlalchemy.schema import CreateTable
 
 from waha_pipeline.crm.schema import UUID_T
+from waha_pipeline.domain.batch import CONTACT_COLUMNS, MESSAGE_COLUMNS, REJECT_COLUMNS, SESSION_COLUMNS
 
 _meta = sa.MetaData()
 
 
-def _temp(name: str, *columns: sa.Column[Any]) -> sa.Table:
-    return sa.Table(name, _meta, *columns, prefixes=["TEMPORARY"], postgresql_on_commit="DELETE ROWS")
+# The domain's frame shapes (domain/batch.py) say which columns a temp table has; these say how SQL stores them.
+_SQL_TYPES: dict[str, type[sa.types.TypeEngine[Any]]] = {"string": sa.Text, "int64": sa.BigInteger, "bool": sa.Boolean}
+_UUID_COLUMNS = frozenset({"id", "contact_id", "session_id", "old_id", "new_id", "message_id"})
 
 
-temp_contacts = _temp(
-    "temp_contacts",
-    sa.Column("id", UUID_T, primary_key=True),
-    sa.Column("phone", sa.Text),
-    sa.Column("lid", sa.Text),
-    sa.Column("group_id", sa.Text),
-    sa.Column("name", sa.Text),
-)
+def _temp(name: str, columns: Mapping[str, str], primary_key: str | None = None) -> sa.Table:
+    """A TEMP table holding frames of the shape `columns` (name -> pandas dtype)."""
+    return sa.Table(
+        name, _meta,
+        *(sa.Column(column, UUID_T if column in _UUID_COLUMNS else _SQL_TYPES[dtype], primary_key=column == primary_key)
+          for column, dtype in columns.items()),
+        prefixes=["TEMPORARY"], postgresql_on_commit="DELETE ROWS",
+    )
 
-temp_merges = _temp(
-    "temp_merges",
-    sa.Column("old_id", UUID_T, primary_key=True),  # the lid-only contact that disappears
-    sa.Column("new_id", UUID_T, nullable=False),  # the phone contact that takes its messages and lid
-)
 
-temp_messages = _temp(
-    "temp_messages",
-    sa.Column("id", UUID_T),
-    sa.Column("contact_id", UUID_T),
-    sa.Column("session_id", UUID_T),
-    sa.Column("chat_id", sa.Text),
-    sa.Column("external_id", sa.Text),
-    sa.Column("from_me", sa.Boolean),
-    sa.Column("sent_at", sa.BigInteger),
-    sa.Column("content_type", sa.Text),
-    sa.Column("body", sa.Text),
-    sa.Column("sender_id", sa.Text),
-    sa.Column("push_name", sa.Text),
-)
-
-temp_rejects = _temp(
-    "temp_rejects",
-    sa.Column("id", UUID_T),
-    sa.Column("chat_id", sa.Text),
-    sa.Column("external_id", sa.Text),
-    sa.Column("reason", sa.Text),
-    sa.Column("payload", sa.Text),
-)
-
-temp_sessions = _temp(
-    "temp_sessions",
-    sa.Column("id", UUID_T, primary_key=True),
-    sa.Column("contact_id", UUID_T),
-    sa.Column("started_at", sa.BigInteger),
-    sa.Column("ended_at", sa.BigInteger),
-    sa.Column("message_count", sa.Integer),
-    sa.Column("messages_from_contact", sa.Integer),
-    sa.Column("messages_from_agent", sa.Integer),
-    sa.Column("status", sa.Text),
-)
-
-temp_assign = _temp(
-    "temp_assign",
-    sa.Column("message_id", UUID_T, primary_key=True),
-    sa.Column("session_id", UUID_T),
-)
+temp_contacts = _temp("temp_contacts", CONTACT_COLUMNS, primary_key="id")
+# old_id: the lid-only contact that disappears; new_id: the phone contact that takes its messages and lid
+temp_merges = _temp("temp_merges", {"old_id": "string", "new_id": "string"}, primary_key="old_id")
+temp_messages = _temp("temp_messages", {**MESSAGE_COLUMNS, "session_id": "string"})
+temp_rejects = _temp("temp_rejects", REJECT_COLUMNS)
+temp_sessions = _temp("temp_sessions", SESSION_COLUMNS, primary_key="id")
+temp_assign = _temp("temp_assign", {"message_id": "string", "session_id": "string"}, primary_key="message_id")
 
 ALL = (temp_contacts, temp_merges, temp_messages, temp_rejects, temp_sessions, temp_assign)
 
