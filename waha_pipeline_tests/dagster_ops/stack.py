@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"  # Debian's, driven by Playwright
 BIN = Path(os.environ.get("VIRTUAL_ENV") or Path(__import__("sys").executable).parent.parent) / "bin"
 
 PARTITION_STATUS = """
@@ -192,3 +193,28 @@ def dagster_stack(tmp: Path, dagster_pg_url: str, extra_env: dict[str, str | Non
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def screenshot(url: str, ready: Callable[[Any], None], path: Path) -> str | None:
+    """The page as Chromium renders it, saved to path once `ready(page)` returns, and its text; None when
+    Playwright or Chromium is not installed (the rest must still run then: a warning, not a skip)."""
+    try:
+        import playwright.sync_api as playwright
+    except ImportError:
+        return None
+    if not os.path.exists(CHROMIUM):
+        return None
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(url, wait_until="networkidle")
+            ready(page)
+            text = page.inner_text("body")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(path), full_page=False)
+        finally:
+            browser.close()
+    return text

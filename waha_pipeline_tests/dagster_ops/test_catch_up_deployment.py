@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from waha_pipeline.simulator.dataset import DatasetSpec, SessionSpec
 from waha_pipeline.simulator.server import run_in_thread
 from waha_pipeline_tests.conftest import temporary_pg_database
 from waha_pipeline_tests.crm_state import snapshot, truth
-from waha_pipeline_tests.dagster_ops.stack import ROOT, Stack, dagster_stack, wait_for
+from waha_pipeline_tests.dagster_ops.stack import CHROMIUM, ROOT, Stack, dagster_stack, screenshot, wait_for
 
 CADENCE_MINUTES = 0.1
 DEEP_HOURS = 0.02
@@ -162,7 +162,6 @@ SENSOR = "waha_session_sensor"
 # The docs' images; written only when asked (WAHA_UPDATE_SCREENSHOT=1), so runs leave the tree clean.
 CHECKS_SCREENSHOT = ROOT / "docs" / "images" / "chunk_checks.png"
 SENSOR_SCREENSHOT = ROOT / "docs" / "images" / "catch_up_sensor.png"
-CHROMIUM = "/usr/bin/chromium"
 ACTIVE_RUN_STATUSES = {"QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING", "MANAGED"}
 
 SENSOR_STATE = """
@@ -297,31 +296,6 @@ def check_outcomes(stack: Stack, chunk_key: str) -> dict[str, dict[str, Any]]:
         assert executions, (chunk_key, key.name)
         out[key.name] = executions[0]
     return out
-
-
-def screenshot(url: str, ready: Callable[[Any], None], path: Path) -> str | None:
-    """The page as Chromium renders it, saved to path once `ready(page)` returns, and its text; None when
-    Playwright or Chromium is not installed (the rest must still run then: a warning, not a skip)."""
-    try:
-        import playwright.sync_api as playwright
-    except ImportError:
-        return None
-    if not os.path.exists(CHROMIUM):
-        return None
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"]
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(url, wait_until="networkidle")
-            ready(page)
-            text = page.inner_text("body")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(path), full_page=False)
-        finally:
-            browser.close()
-    return text
 
 
 def test_a_row_changed_behind_the_importer_fails_its_chunk_check_in_the_ui(

@@ -35,12 +35,11 @@ from waha_pipeline.simulator.dataset import DatasetSpec, SessionSpec
 from waha_pipeline.simulator.server import run_in_thread
 from waha_pipeline_tests.conftest import temporary_pg_database
 from waha_pipeline_tests.crm_state import assert_matches, snapshot, truth
-from waha_pipeline_tests.dagster_ops.stack import ROOT, Stack, dagster_stack, wait_for
+from waha_pipeline_tests.dagster_ops.stack import CHROMIUM, ROOT, Stack, dagster_stack, screenshot, wait_for
 
 VICTIM_CHUNKS = (0, 2)  # of alpha; not adjacent: a re-run needs two ranges, i.e. two runs of one channel
 # The README's image; the test writes it only when asked (WAHA_UPDATE_SCREENSHOT=1), so runs leave the tree clean.
 SCREENSHOT = ROOT / "docs" / "images" / "chunk_partitions.png"
-CHROMIUM = "/usr/bin/chromium"
 
 # ---------------------------------------------------------------- FIXTURES
 
@@ -139,29 +138,9 @@ def overlaps(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def screenshot_partitions(stack: Stack, path: Path, alpha: str) -> str | None:
-    """The partitions page as rendered by Chromium, or None when Playwright or Chromium is not installed (the
-    rest of the scenario must still run then, so this is a warning, not a skip)."""
-    try:
-        import playwright.sync_api as playwright
-    except ImportError:
-        return None
-    if not os.path.exists(CHROMIUM):
-        return None
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"]
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=args)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{stack.url}/assets/committed_rows?view=partitions", wait_until="networkidle")
-            page.get_by_text(f"{alpha}.c0001").first.wait_for(timeout=30_000)
-            text = page.inner_text("body")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(path), full_page=False)
-        finally:
-            browser.close()
-    return text
-
+    """The partitions page as rendered by Chromium once the channel's chunks show (see `screenshot`)."""
+    return screenshot(f"{stack.url}/assets/committed_rows?view=partitions",
+                      lambda page: page.get_by_text(f"{alpha}.c0001").first.wait_for(timeout=30_000), path)
 
 # ---------------------------------------------------------------- TESTS
 
