@@ -49,7 +49,7 @@ def anchor() -> int:
 @pytest.fixture(scope="session")
 def small_sim(anchor: int) -> Iterator[object]:
     """A few hundred chats of every kind: big enough for several chunks, small enough for many imports."""
-    from waha_pipeline.simulator.dataset import DatasetSpec
+    from waha_pipeline.simulator.models import DatasetSpec
     from waha_pipeline.simulator.server import run_in_thread
 
     with run_in_thread(DatasetSpec(seed=11, chats=260, target_messages=1600), anchor=anchor) as sim:

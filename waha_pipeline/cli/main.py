@@ -289,7 +289,7 @@ def _fail(code: int, message: str, args: argparse.Namespace | None = None) -> in
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from waha_pipeline.simulator.dataset import DatasetSpec, SessionSpec
+    from waha_pipeline.simulator.models import DatasetSpec, SessionSpec
     from waha_pipeline.simulator.server import serve_forever
 
     sessions = tuple(SessionSpec(name=name) for name in args.session or ["demo"])

@@ -21,9 +21,10 @@ from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from waha_pipeline.process_tuning import long_lived
 from waha_pipeline.simulator.app import create_app
-from waha_pipeline.simulator.dataset import DatasetSpec, build_dataset
 from waha_pipeline.simulator.faults import Faults
+from waha_pipeline.simulator.generator import build_dataset
 from waha_pipeline.simulator.middleware import TRANSPORT_KEY
+from waha_pipeline.simulator.models import DatasetSpec
 from waha_pipeline.simulator.state import SimulatorState
 from waha_pipeline.simulator.truth import ground_truth
 

@@ -14,10 +14,11 @@ from typing import Any
 
 import orjson
 
-from waha_pipeline.simulator.dataset import (
-    CONTENT_TYPES, INJECTED, Dataset, DatasetSpec, SimChat, SimSession, StoredMessage, chat_listed, grow_session,
-)
 from waha_pipeline.simulator.faults import FAULT_COUNTERS, Decider, Faults
+from waha_pipeline.simulator.generator import grow_session
+from waha_pipeline.simulator.models import (
+    CONTENT_TYPES, INJECTED, Dataset, DatasetSpec, SimChat, SimSession, StoredMessage, chat_listed,
+)
 
 SESSION_STATUSES = ("STOPPED", "STARTING", "SCAN_QR_CODE", "PASSKEY_REQUIRED", "PASSKEY_CONFIRMATION_REQUIRED",
                     "WORKING", "FAILED")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from waha_pipeline.simulator.dataset import (
+from waha_pipeline.simulator.models import (
     DIRECT_KINDS, GROUP, LID_ALT, LID_KINDS, Dataset, SimChat, StoredMessage, chat_listed,
 )
 

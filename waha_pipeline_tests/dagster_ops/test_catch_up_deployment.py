@@ -32,7 +32,7 @@ from waha_pipeline.crm.schema import messages, sessions
 from waha_pipeline.definitions import build_definitions
 from waha_pipeline.defs.checks import ACCOUNTED, CHECK_KEYS, CONTACTS, SESSIONS
 from waha_pipeline.defs.resources import CrmResource, WahaResource
-from waha_pipeline.simulator.dataset import DatasetSpec, SessionSpec
+from waha_pipeline.simulator.models import DatasetSpec, SessionSpec
 from waha_pipeline.simulator.server import run_in_thread
 from waha_pipeline_tests.conftest import temporary_pg_database
 from waha_pipeline_tests.crm_state import snapshot, truth

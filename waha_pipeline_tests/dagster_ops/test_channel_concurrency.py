@@ -27,7 +27,7 @@ from waha_pipeline.instance.runs import waha_pool
 from waha_pipeline.domain.planning import channel_slug
 from waha_pipeline.importer.stage_actions import STAGES
 from waha_pipeline.settings import CatchUp
-from waha_pipeline.simulator.dataset import DatasetSpec
+from waha_pipeline.simulator.models import DatasetSpec
 from waha_pipeline.simulator.server import run_in_thread
 from waha_pipeline_tests.dagster_ops.stack import wait_for
 

@@ -31,7 +31,7 @@ from waha_pipeline.crm.migrate import upgrade
 from waha_pipeline.instance.runs import CHANNEL_TAG, MAX_RUNTIME_TAG, run_tags
 from waha_pipeline.domain.planning import channel_slug
 from waha_pipeline.importer.stage_actions import STAGES
-from waha_pipeline.simulator.dataset import DatasetSpec, SessionSpec
+from waha_pipeline.simulator.models import DatasetSpec, SessionSpec
 from waha_pipeline.simulator.server import run_in_thread
 from waha_pipeline_tests.conftest import temporary_pg_database
 from waha_pipeline_tests.crm_state import assert_matches, snapshot, truth

@@ -34,7 +34,7 @@ from waha_pipeline.instance.runs import (
 from waha_pipeline.defs.sensors import REQUEST_TAG, TRIGGER_TAG
 from waha_pipeline.domain.planning import channel_slug
 from waha_pipeline.settings import CatchUp
-from waha_pipeline.simulator.dataset import DatasetSpec, SessionSpec
+from waha_pipeline.simulator.models import DatasetSpec, SessionSpec
 from waha_pipeline.simulator.server import run_in_thread
 
 RANGE_START = "dagster/asset_partition_range_start"

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from waha_pipeline.simulator import DatasetSpec, Faults, run_in_thread
-from waha_pipeline.simulator.dataset import DIRECT
+from waha_pipeline.simulator.models import DIRECT
 from waha_pipeline_tests.crm_state import assert_matches, latest_plan, query, snapshot
 from waha_pipeline_tests.e2e.cli_run import cli, expected
 

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from waha_pipeline.crm.migrate import upgrade
 from waha_pipeline.simulator import DatasetSpec, run_in_thread
-from waha_pipeline.simulator.dataset import DIRECT, GROUP
+from waha_pipeline.simulator.models import DIRECT, GROUP
 from waha_pipeline.simulator.state import ChatIndex
 from waha_pipeline_tests.crm_state import assert_matches, latest_plan, query, snapshot, truth
 from waha_pipeline_tests.e2e.cli_run import cli, expected

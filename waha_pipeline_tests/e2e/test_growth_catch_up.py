@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from waha_pipeline.simulator.dataset import DatasetSpec
+from waha_pipeline.simulator.models import DatasetSpec
 from waha_pipeline.simulator.server import run_in_thread
 from waha_pipeline_tests.crm_state import assert_matches, latest_plan, snapshot
 from waha_pipeline_tests.e2e.cli_run import cli, expected

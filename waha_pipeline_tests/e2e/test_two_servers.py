@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from waha_pipeline.crm.store import CrmStore
 from waha_pipeline.domain.planning import channel_slug
 from waha_pipeline.simulator import DatasetSpec, Faults, run_in_thread
-from waha_pipeline.simulator.dataset import SessionSpec
+from waha_pipeline.simulator.models import SessionSpec
 from waha_pipeline_tests.crm_state import assert_matches, snapshot, truth
 from waha_pipeline_tests.e2e.cli_run import cli
 from waha_pipeline_tests.e2e.recovery_support import WAIT_SECONDS

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from waha_pipeline.defs import assets
-from waha_pipeline.simulator.dataset import DIRECT, DatasetSpec
+from waha_pipeline.simulator.models import DIRECT, DatasetSpec
 from waha_pipeline.simulator.server import run_in_thread
 from waha_pipeline.simulator.state import ChatIndex
 from waha_pipeline_tests.crm_state import assert_matches, latest_plan, snapshot, truth

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from waha_pipeline.simulator import SimulatorHandle
-from waha_pipeline.simulator.dataset import DIRECT_SWA, GROUP, LID_UNKNOWN, ONE_TO_ONE_KINDS, SimChat
+from waha_pipeline.simulator.models import DIRECT_SWA, GROUP, LID_UNKNOWN, ONE_TO_ONE_KINDS, SimChat
 
 from .conftest import ANCHOR, API_KEY, ServerWaits
 from .wire import is_good, wire_time

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from waha_pipeline.simulator import Dataset, DatasetSpec, SessionSpec, build_dataset, ground_truth
-from waha_pipeline.simulator.dataset import (
+from waha_pipeline.simulator.models import (
     NO_TIMESTAMP,
     ALL_KINDS,
     CONTENT_TYPES,

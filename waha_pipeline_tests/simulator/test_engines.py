@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from waha_pipeline.simulator import DatasetSpec, SessionSpec, SimulatorHandle, build_dataset, run_in_thread
-from waha_pipeline.simulator.dataset import (
+from waha_pipeline.simulator.models import (
     DIRECT_KINDS, GROUP, LID_ALT, NO_TIMESTAMP, ONE_TO_ONE_KINDS, SimChat, chat_listed,
 )
 from waha_pipeline.simulator.engines import THUMBNAIL_B64, ZERO_GO_TIME

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from waha_pipeline.simulator import Dataset, DatasetSpec, ground_truth
-from waha_pipeline.simulator.dataset import (
+from waha_pipeline.simulator.models import (
     DIRECT,
     DIRECT_SWA,
     GROUP,

@@ -15,14 +15,14 @@ import orjson
 import pytest
 
 from waha_pipeline.errors import WahaPermanentError, WahaSessionNotFound, WahaSessionNotReady
-from waha_pipeline.simulator.dataset import (
+from waha_pipeline.simulator.generator import build_dataset
+from waha_pipeline.simulator.models import (
     DIRECT_OBJ,
     LID_UNKNOWN,
     ONE_TO_ONE_KINDS,
     DatasetSpec,
     SimChat,
     SimSession,
-    build_dataset,
 )
 from waha_pipeline.simulator.server import run_in_thread
 from waha_pipeline.waha.client import WahaClient
