@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from waha_pipeline.errors import ConfigError
 DEFAULT_DATABASE_URL = "sqlite:///.waha/crm.sqlite"
 DEFAULT_DAGSTER_HOME = ".waha/dagster_home"
 DEFAULT_TENANT = "default"
+DEFAULT_STAGE_SUBDIR = "storage/waha_stages"  # under DAGSTER_HOME, when IMPORT_STAGE_URL is unset
 DEFAULT_MAX_RESPONSE_MB = 64.0  # a WAHA page of 2,000 chats or 500 messages is a few MB
 DEFAULT_PLAN_DEADLINE_S = 300.0  # listing chats and lids of a channel, retries included
 DEFAULT_CRM_LOCK_TIMEOUT_S = 60.0  # one wait for a lock inside a chunk's commit
@@ -44,6 +46,8 @@ class Settings:
     crm_lock_timeout_seconds: float = DEFAULT_CRM_LOCK_TIMEOUT_S
     crm_statement_timeout_seconds: float = DEFAULT_CRM_STATEMENT_TIMEOUT_S
     chunk_max_mb: float = DEFAULT_CHUNK_MAX_MB
+    # IMPORT_STAGE_URL: where chunk stage files live; None = under DAGSTER_HOME (stage_store_url)
+    stage_url: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -63,6 +67,7 @@ class Settings:
             crm_statement_timeout_seconds=_positive_number(env, "CRM_STATEMENT_TIMEOUT_SECONDS",
                                                            DEFAULT_CRM_STATEMENT_TIMEOUT_S),
             chunk_max_mb=_positive_number(env, "IMPORT_CHUNK_MAX_MB", DEFAULT_CHUNK_MAX_MB),
+            stage_url=parse_stage_url(env.get("IMPORT_STAGE_URL")),
         )
 
     @property
@@ -75,6 +80,11 @@ class Settings:
         """(lock, statement) seconds of a chunk's commit on PostgreSQL: a lock never released or a runaway statement
         fails the chunk instead of hanging it."""
         return self.crm_lock_timeout_seconds, self.crm_statement_timeout_seconds
+
+    @property
+    def stage_store_url(self) -> str:
+        """The stage files' root: IMPORT_STAGE_URL, else a directory of the Dagster instance (one machine only)."""
+        return self.stage_url or str(self.dagster_home / DEFAULT_STAGE_SUBDIR)
 
     @property
     def chunk_workers(self) -> int:
@@ -146,6 +156,29 @@ def parse_database_url(value: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def parse_stage_url(value: str | None) -> str | None:
+    """A local directory (made absolute, so worker processes agree on it) or a URL an installed fsspec filesystem
+    serves (`s3://bucket/prefix` needs s3fs); shown redacted in errors, since a URL may carry credentials."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if "://" not in value:
+        return str(Path(value).expanduser().absolute())
+    import fsspec  # here: only a URL needs it, and it imports the URL's filesystem library
+    from fsspec.core import split_protocol
+
+    for part in value.split("::"):  # fsspec chains filesystems: simplecache::s3://...
+        protocol = split_protocol(part)[0]
+        if protocol and protocol != "file":
+            try:
+                fsspec.get_filesystem_class(protocol)
+            except (ImportError, ValueError) as exc:
+                reason = " ".join(str(exc).split())[:200]
+                raise ConfigError(f"IMPORT_STAGE_URL {redact_url(value)!r}: no filesystem for {protocol}:// "
+                                  f"({reason})") from None
+    return value
+
+
 def redact_database_url(value: str) -> str:
     return make_url(value).render_as_string(hide_password=True)
 
@@ -155,6 +188,12 @@ def _redact_url(value: str) -> str:
     if parts.password:
         return value.replace(parts.password, "***")
     return value
+
+
+def redact_url(value: str) -> str:
+    """A storage URL for display: any password and query string (where signed URLs keep tokens) become ***."""
+    value = re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", value)
+    return re.sub(r"\?[^/]*$", "?***", value)
 
 
 def _tenant(value: str | None) -> str:
@@ -201,4 +240,5 @@ def _number(env: Mapping[str, str], name: str, default: float, *, zero_allowed: 
     return value
 
 
-__all__ = ["CatchUp", "Settings", "parse_database_url", "parse_waha_url", "redact_database_url"]
+__all__ = ["CatchUp", "Settings", "parse_database_url", "parse_stage_url", "parse_waha_url", "redact_database_url",
+           "redact_url"]

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 from waha_pipeline.errors import ConfigError, PipelineError, WahaSessionNotFound
 from waha_pipeline.process_tuning import long_lived, tune_import_process
-from waha_pipeline.settings import DEFAULT_DAGSTER_HOME, DEFAULT_DATABASE_URL, Settings
+from waha_pipeline.settings import DEFAULT_DAGSTER_HOME, DEFAULT_DATABASE_URL, DEFAULT_STAGE_SUBDIR, Settings
 from waha_pipeline.simulator.faults import add_fault_arguments, faults_from_args
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -42,6 +42,7 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ("WAHA_PAGE_SIZE", "messages per page request"),
     ("IMPORT_WORKERS", "chunk worker processes (PostgreSQL CRM only)"),
     ("IMPORT_CHUNK_MAX_MB", "fetched messages one chunk may hold, MB of JSON"),
+    ("IMPORT_STAGE_URL", "chunk stage files: a directory or a URL (s3://bucket/prefix)"),
     ("WAHA_MAX_RESPONSE_MB", "largest WAHA response body, MB"),
     ("WAHA_PLAN_DEADLINE_SECONDS", "listing a channel's chats and lids"),
     ("CRM_LOCK_TIMEOUT_SECONDS", "a chunk commit's wait for one lock (PostgreSQL)"),
@@ -68,6 +69,7 @@ def env_defaults() -> dict[str, str]:
         "WAHA_API_KEY": "no header",
         "DATABASE_URL": DEFAULT_DATABASE_URL,
         "DAGSTER_HOME": DEFAULT_DAGSTER_HOME,
+        "IMPORT_STAGE_URL": f"$DAGSTER_HOME/{DEFAULT_STAGE_SUBDIR}",
     }
     for name, attr in _SETTINGS_FIELD.items():
         value = fields[attr]

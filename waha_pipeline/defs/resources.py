@@ -3,8 +3,6 @@ appear in run config, metadata or the UI."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dagster as dg
 from pydantic import PrivateAttr
 
@@ -61,7 +59,7 @@ class WahaResource(dg.ConfigurableResource):
         return RunnerSpec(
             database_url=crm.url(),
             crm_commit_timeouts=settings.crm_commit_timeouts,
-            stage_root=str(crm.stages().root),
+            stage_root=crm.stages().url,
             waha_base_url=base_url,
             waha_api_key=api_key,
             waha_concurrency=self.resolved_concurrency() // workers,
@@ -77,10 +75,12 @@ class WahaResource(dg.ConfigurableResource):
 
 
 class CrmResource(dg.ConfigurableResource):
-    """The CRM database (DATABASE_URL) and the per-chunk stage files kept next to the Dagster instance."""
+    """The CRM database (DATABASE_URL) and the per-chunk stage files (IMPORT_STAGE_URL, else next to the Dagster
+    instance). `stage_url` takes a directory or an fsspec URL; `stage_dir` a directory."""
 
     database_url: str | None = None
     stage_dir: str | None = None
+    stage_url: str | None = None
 
     _store: CrmStore | None = PrivateAttr(default=None)
 
@@ -105,5 +105,4 @@ class CrmResource(dg.ConfigurableResource):
         return self._store
 
     def stages(self) -> StageStore:
-        root = self.stage_dir or str(Path(Settings.from_env().dagster_home) / "storage" / "waha_stages")
-        return StageStore(root)
+        return StageStore(self.stage_url or self.stage_dir or Settings.from_env().stage_store_url)
