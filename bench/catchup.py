@@ -28,7 +28,9 @@ import urllib.parse
 from pathlib import Path
 
 import psycopg
-import run as bench  # bench/run.py: the simulator, import and database helpers
+import environment as bench  # the simulator, database and child-process helpers of bench/run.py
+import report
+import scenarios
 
 KINDS = ("total", "sessions", "chats", "messages", "lids", "other")
 
@@ -46,13 +48,13 @@ def truth_messages(sim: bench.Simulator, window_end: int) -> int:
     return len(bench.http("GET", f"{sim.url}/_sim/truth?{query}", timeout=300)["messages"])
 
 
-def measured_import(sc: bench.Scenario, sim: bench.Simulator, db: str, home: Path, workdir: Path,
+def measured_import(sc: scenarios.Scenario, sim: bench.Simulator, db: str, home: Path, workdir: Path,
                     label: str) -> dict:
     """One import with its requests, CRM row changes and exactness against the truth."""
     bench.wait_stats_flushed(db)  # the previous import's backends have flushed their table counters
     before = bench.crm_snapshot(db) if label != "first" else {}
     sim.reset_stats()
-    res = bench.run_import(sc, sim, db, home, workdir / f"import-{label}.log")
+    res = scenarios.run_import(sc, sim, db, home, workdir / f"import-{label}.log")
     stats = sim.stats()
     bench.wait_stats_flushed(db)
     after = bench.crm_snapshot(db)
@@ -128,9 +130,9 @@ def main(argv: list[str] | None = None) -> int:
 
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     workdir = Path(tempfile.mkdtemp(prefix=f"waha-bench-catchup-{stamp}-"))
-    info = bench.machine_info()
+    info = report.machine_info()
     info["code"] = bench.snapshot_code(args.code, workdir) if args.code else {"ref": "working tree"}
-    sc = bench.Scenario("catchup", args.chats, args.messages, days=0, engine=args.engine)
+    sc = scenarios.Scenario("catchup", args.chats, args.messages, days=0, engine=args.engine)
     db = "waha_bench_catchup"
     home = Path(tempfile.mkdtemp(prefix="dh-catchup-", dir=workdir))
     out_path = Path(args.out) if args.out else bench.RESULTS / f"catchup-{stamp}.json"
@@ -163,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if sim is not None:
             sim.stop()
-        for proc in list(bench._CHILDREN):
-            bench._terminate(proc)
+        for proc in list(bench.CHILDREN):
+            bench.terminate(proc)
         if not args.keep_db:
             bench.drop_db(db)
             shutil.rmtree(home, ignore_errors=True)
