@@ -30,7 +30,7 @@ from waha_pipeline.waha.client import WahaClient, WahaStats
 
 logger = logging.getLogger(__name__)
 
-# Files each stage persists; a stage counts as persisted when all of its files exist.
+# Files each stage persists.
 STAGE_FILES: dict[str, tuple[str, ...]] = {
     "raw_chat_list": ("chats",),
     "fetched_messages": ("fetched", "reads"),  # the messages, and per chat range how far it is proven read
@@ -39,6 +39,19 @@ STAGE_FILES: dict[str, tuple[str, ...]] = {
     "session_batch": ("contacts", "assigned", "rejects", "sessions"),
     "committed_rows": (),
 }
+# What the commit reads from earlier stages' files when it does not compute them: what the fetch proved, the rows
+# skipped by reason and the late chats. A stage loaded for a commit needs these too, or it is computed again.
+COMMIT_INPUTS: dict[str, tuple[str, ...]] = {
+    "resolved_contacts": ("reads",),
+    "session_batch": ("reads", "skipped", "late_chats"),
+}
+
+
+def load_files(stage: str, committing: bool) -> tuple[str, ...]:
+    """The files a LOAD of `stage` reads; raw_chat_list reads none (its chats come from the plan in the ledger)."""
+    if stage == "raw_chat_list":
+        return ()
+    return STAGE_FILES[stage] + (COMMIT_INPUTS.get(stage, ()) if committing else ())
 
 
 class ChunkDeadlineExceeded(Exception):
@@ -71,7 +84,18 @@ class _Fetch:
 class _Taken(NamedTuple):
     work: stages.ChunkWork
     plan: dict[str, Action]
+    persisted: set[str]  # stages whose files the stage store listed when the chunk was taken
     fetch: _Fetch | None  # None when the fetch is read from disk, not needed, or the channel is gone
+
+
+class _Inputs(NamedTuple):
+    plan: dict[str, Action]  # the plan after any fallback
+    frames: dict[str, pd.DataFrame]  # file name -> frame, for every stage the plan loads
+    recomputed: tuple[str, ...]  # stages planned as LOAD whose files were missing when read
+
+
+class _ChannelGone(WahaPermanentError):
+    """WAHA said earlier in the run that the channel does not exist: its remaining chunks fail without asking."""
 
 
 class ChunkRunner:
@@ -137,39 +161,41 @@ class ChunkRunner:
                     if key in committed[plan_id]:
                         logger.info("chunk %s already committed in plan %s; not redone on retry", key, plan_id)
                         continue
-                plan = stage_actions(selected, self._persisted(work))
+                persisted = self._persisted(work, "committed_rows" in selected)
+                plan = stage_actions(selected, persisted)
                 fetch = None
                 if plan["fetched_messages"] in (Action.EMIT, Action.COMPUTE) and gone is None:
-                    covered = self.store.chat_coverage(work.context.channel_id, [c.chat_id for c in work.chats])
-                    fetch = _Fetch(loop.submit(self._fetch(client, work, covered)), covered)
-                ahead.append(_Taken(work, plan, fetch))
+                    fetch = self._submit_fetch(loop, client, work)
+                ahead.append(_Taken(work, plan, persisted, fetch))
 
         try:
             while True:
                 yield from take()
                 if not ahead:
                     return
-                work, plan, fetch = ahead.popleft()
+                work, plan, persisted, fetch = ahead.popleft()
                 key = work.context.chunk_key
                 committing = plan["committed_rows"] is Action.EMIT
-                if gone is not None and fetch is None and plan["fetched_messages"] is not Action.LOAD:
-                    if committing:  # failed fast: WAHA is not asked again once it said the channel is gone
-                        self.store.mark_chunk_started(work.context.plan_id, key)
-                        self.store.mark_chunk_failed(work.context.plan_id, key, gone)
-                    yield ChunkFailed(key, "fetched_messages", gone, permanent=True)
-                    continue
                 if committing:
                     self.store.mark_chunk_started(work.context.plan_id, key)
-                progress = [STAGES[0]]  # the stage in progress, kept up to date by _stages
+                progress = [STAGES[0]]  # the stage in progress, kept up to date by _load and _stages
                 try:
-                    yield from self._stages(work, plan, fetch, progress)
+                    inputs = self._load(work, selected, persisted, plan, progress)
+                    if fetch is None and inputs.plan["fetched_messages"] is not Action.LOAD:
+                        if gone is not None:  # failed fast: WAHA is not asked again once it said the channel is gone
+                            progress[0] = "fetched_messages"
+                            raise _ChannelGone(gone)
+                        if inputs.plan["fetched_messages"] is not Action.SKIP:  # a stage file was missing
+                            fetch = self._submit_fetch(loop, client, work)
+                    yield from self._stages(work, inputs, fetch, progress)
                 except Exception as exc:  # noqa: BLE001 - every failure is reported per chunk, never swallowed
                     stage = progress[0]
                     permanent = is_permanent(exc)
                     if isinstance(exc, WahaSessionNotFound):
                         gone = f"channel gone: {exc}"
                     reason = one_line(exc)
-                    logger.warning("chunk %s failed at %s: %s", key, stage, reason)
+                    if not isinstance(exc, _ChannelGone):
+                        logger.warning("chunk %s failed at %s: %s", key, stage, reason)
                     if committing:
                         self.store.mark_chunk_failed(work.context.plan_id, key, reason)
                     yield ChunkFailed(key, stage, reason, permanent, getattr(exc, "retry_after", None))
@@ -178,24 +204,62 @@ class ChunkRunner:
                 if taken.fetch is not None:
                     taken.fetch.future.cancel()
 
+    def _submit_fetch(self, loop: BackgroundLoop, client: WahaClient, work: stages.ChunkWork) -> _Fetch:
+        covered = self.store.chat_coverage(work.context.channel_id, [c.chat_id for c in work.chats])
+        return _Fetch(loop.submit(self._fetch(client, work, covered)), covered)
+
+    def _load(
+        self, work: stages.ChunkWork, selected: set[str], persisted: set[str], plan: dict[str, Action],
+        progress: list[str],
+    ) -> _Inputs:
+        """Read the files of every stage the plan loads. A file missing now although it was listed (deleted since,
+        pruned, or read through a listing that was stale) makes its stage computed instead, from the stages before
+        it, as if it had never been persisted: the chunk still commits what WAHA holds."""
+        key, plan_id = work.context.chunk_key, work.context.plan_id
+        committing = "committed_rows" in selected
+        persisted, recomputed = set(persisted), []
+        while True:
+            frames: dict[str, pd.DataFrame] = {}
+            missing: str | None = None
+            for stage in (s for s in STAGES if plan[s] is Action.LOAD):
+                progress[0] = stage
+                for name in load_files(stage, committing):
+                    frame = self.stage_store.read(plan_id, key, name)
+                    if frame is None:
+                        missing = name
+                        break
+                    frames[name] = frame
+                if missing is not None:
+                    logger.warning("chunk %s: stage file %s of %s is missing from %s; computing %s again",
+                                   key, missing, stage, self.stage_store.display_url, stage)
+                    recomputed.append(stage)
+                    persisted.discard(stage)
+                    plan = stage_actions(selected, persisted)
+                    break
+            if missing is None:
+                progress[0] = STAGES[0]
+                return _Inputs(plan, frames, tuple(recomputed))
+
     def _stages(
-        self, work: stages.ChunkWork, plan: dict[str, Action], fetch: _Fetch | None, progress: list[str]
+        self, work: stages.ChunkWork, inputs: _Inputs, fetch: _Fetch | None, progress: list[str]
     ) -> Iterator[StageDone]:
         """Yield an event as each emitted stage completes; raise at the first stage that fails."""
         key, plan_id = work.context.chunk_key, work.context.plan_id
+        plan, loaded = inputs.plan, inputs.frames
         started = time.monotonic()
+        # stages whose stored output was missing and computed again: on every materialization of the chunk
+        noted = {"stages_recomputed": list(inputs.recomputed)} if inputs.recomputed else {}
 
         chats = stages.raw_chat_list(work)
         if plan["raw_chat_list"] is Action.EMIT:
             self.stage_store.write(plan_id, key, "chats", chats)
-            yield StageDone(key, "raw_chat_list", {"chats": len(chats), "dagster/row_count": len(chats)})
+            yield StageDone(key, "raw_chat_list", {"chats": len(chats), "dagster/row_count": len(chats), **noted})
 
         stage = progress[0] = "fetched_messages"
         fetched = reads = None
         stats = WahaStats()  # stays empty when the fetch is read back from disk
         if plan[stage] is Action.LOAD:
-            fetched = self.stage_store.read(plan_id, key, "fetched")
-            reads = self.stage_store.read(plan_id, key, "reads")
+            fetched, reads = loaded["fetched"], loaded["reads"]
         elif plan[stage] is not Action.SKIP:
             assert fetch is not None, "every fetch is submitted before its chunk is processed"
             (fetched, reads), stats = fetch.future.result()
@@ -216,12 +280,13 @@ class ChunkRunner:
                     "waha": waha,  # retries by cause, breaker changes, backoff, session and limiter waits
                     "fetch_seconds": round(time.monotonic() - fetch.started, 3),
                     "dagster/row_count": len(fetched),
+                    **noted,
                 })
 
         stage = progress[0] = "resolved_contacts"
         resolved = None
         if plan[stage] is Action.LOAD:
-            resolved = self._read_resolved(plan_id, key)
+            resolved = stages.Resolved(**{n: loaded[n] for n in STAGE_FILES[stage]})
         elif plan[stage] is not Action.SKIP:
             assert fetched is not None
             resolved = stages.resolve(self.store, work, fetched, fetch.covered if fetch else None)
@@ -237,12 +302,14 @@ class ChunkRunner:
                     "skipped_by_reason": skipped,
                     "late_chats": len(resolved.late_chats),
                     "dagster/row_count": len(resolved.contacts),
+                    **noted,
                 })
 
         stage = progress[0] = "session_batch"
         assigned = None
         if plan[stage] is Action.LOAD:
-            assigned = self._read_assigned(plan_id, key)
+            assigned = stages.Assigned(messages=loaded["assigned"], contacts=loaded["contacts"],
+                                       rejects=loaded["rejects"], sessions=loaded["sessions"])
         elif plan[stage] is not Action.SKIP:
             assert resolved is not None
             assigned = stages.assign(self.store, work, resolved)
@@ -253,15 +320,16 @@ class ChunkRunner:
                     "messages": len(assigned.messages),
                     "sessions": len(assigned.sessions),
                     "dagster/row_count": len(assigned.messages),
+                    **noted,
                 })
 
         stage = progress[0] = "committed_rows"
         if plan[stage] is Action.EMIT:
             assert assigned is not None
-            if reads is None:  # committed from later stages on disk: what the fetch proved is on disk too
-                reads = self._read_optional(plan_id, key, "reads")
+            if reads is None:  # committed from later stages' files: what the fetch proved was loaded with them
+                reads = loaded["reads"]
             if resolved is None:
-                skipped, late = (self._read_optional(plan_id, key, name) for name in ("skipped", "late_chats"))
+                skipped, late = loaded["skipped"], loaded["late_chats"]
             else:
                 skipped, late = resolved.skipped, resolved.late_chats
             result = stages.commit(self.store, work, assigned, reads, skipped, late)
@@ -277,6 +345,7 @@ class ChunkRunner:
                 "waha_retries": stats.retries,
                 "duration_seconds": round(time.monotonic() - started, 3),
                 "dagster/row_count": result.messages_total,
+                **noted,
             })
 
     async def _fetch(
@@ -299,25 +368,10 @@ class ChunkRunner:
                 f"fetching chunk {work.context.chunk_key} exceeded its {self.fetch_deadline_seconds:.0f} s deadline"
             ) from None
 
-    def _persisted(self, work: stages.ChunkWork) -> set[str]:
-        plan_id, key = work.context.plan_id, work.context.chunk_key
-        return {
-            stage
-            for stage, files in STAGE_FILES.items()
-            if files and all(self.stage_store.exists(plan_id, key, f) for f in files)
-        }
-
-    def _read_resolved(self, plan_id: str, key: str) -> stages.Resolved:
-        frames = {n: self.stage_store.read(plan_id, key, n) for n in STAGE_FILES["resolved_contacts"]}
-        return stages.Resolved(**frames)
-
-    def _read_optional(self, plan_id: str, key: str, name: str) -> pd.DataFrame | None:
-        """A stage file that stage directories written by earlier versions may lack."""
-        return self.stage_store.read(plan_id, key, name) if self.stage_store.exists(plan_id, key, name) else None
-
-    def _read_assigned(self, plan_id: str, key: str) -> stages.Assigned:
-        frames = {n: self.stage_store.read(plan_id, key, n) for n in ("contacts", "rejects", "sessions")}
-        return stages.Assigned(messages=self.stage_store.read(plan_id, key, "assigned"), **frames)  # type: ignore[arg-type]
+    def _persisted(self, work: stages.ChunkWork, committing: bool) -> set[str]:
+        """Stages whose files (and, for a commit, the commit's inputs) the stage store lists, in one listing."""
+        names = self.stage_store.names(work.context.plan_id, work.context.chunk_key)
+        return {stage for stage in STAGES[:-1] if set(load_files(stage, committing) or STAGE_FILES[stage]) <= names}
 
 
 def is_permanent(exc: BaseException) -> bool:
