@@ -17,7 +17,7 @@ from waha_pipeline.cli.main import main
 from waha_pipeline.crm.schema import chat_coverage, messages, sessions
 from waha_pipeline.definitions import build_definitions
 from waha_pipeline.defs.assets import channel_plan, chunk_import
-from waha_pipeline.defs.checks import ACCOUNTED, CHECK_KEYS, CONTACTS, SESSIONS, TARGET
+from waha_pipeline.defs.checks import ACCOUNTED, CHECK_KEYS, CONTACTS, SESSIONS
 from waha_pipeline_tests.crm_state import latest_plan
 
 SUCCEEDED, FAILED = "SUCCEEDED", "FAILED"
@@ -30,7 +30,7 @@ def latest(instance: dg.DagsterInstance, chunk_key: str) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         records = instance.get_event_records(
-            dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, asset_key=TARGET), limit=1000
+            dg.EventRecordsFilter(event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION), limit=1000
         )
     out: dict[str, Any] = {}
     for record in records:
