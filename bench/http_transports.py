@@ -3,15 +3,16 @@
     .venv/bin/python bench/http_transports.py [--runs 5] [--chats 200] [--messages 300000] [--concurrency 32]
                                               [--options a,b,...] [--code HEAD] [--wait-load 1.5:600] [--json FILE]
 
-Why: waha/http11.py (plain http) and waha/transport.py (https: httpcore with a patched backend, pools of 4) exist
-to cut the importer's CPU per page request; this measures that figure against the maintained libraries on the same
-workload. One simulator (`waha-pipeline simulate`, its own process) serves every run; each run is a fresh Python
-process (`--child`) that builds a WahaClient(concurrency=32) with one transport injected (`transport=`; for
-`http11` none: the client picks waha/http11.py for an http:// URL itself), lists the chats, then reads every chat's
+Why: WahaClient uses httpx's stock transport in pools of 4 connections taken in turn (waha/connections.py; the
+`httpx-pools4` option, marked `*`); this measures its CPU per page request against the other maintained library
+options on the same workload. One simulator (`waha-pipeline simulate`, its own process) serves every run; each run
+is a fresh Python process (`--child`) that builds a WahaClient(concurrency=32) with one transport injected
+(`transport=`; for `httpx-pools4` none: the client's own pools), lists the chats, then reads every chat's
 messages (`read_many` in groups of 50 chats, 500 messages a page, the chat list's last-message times as evidence,
 like a chunk of the importer; no `encode`, so the client parses each page and keeps the dicts) on a uvloop loop
 whose thread is declared to sniffio, as in the importer's fetch loop. Only the reads are timed: process CPU
-(time.process_time: user + system of every thread) and wall. Options are run in a rotated order each round.
+(time.process_time: user + system of every thread) and wall. Options are run in a rotated order each round; "vs
+product" is the median over the rounds of an option's CPU / `httpx-pools4`'s CPU in the same round.
 
 The forks (httpx2, httpxyz) have their own Request/Response classes, so their transports are wrapped in an adapter
 that copies the request head and hands the raw body stream through; `httpx-adapter` wraps httpx's own transport in
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.metadata
-import itertools
 import json
 import os
 import statistics
@@ -41,17 +41,16 @@ import run as bench  # bench/run.py: simulator process helpers, --code snapshots
 SESSION = "demo"
 CHUNK_CHATS = 50  # the importer's default --chunk-size
 PAGE_SIZE = 500  # WAHA_PAGE_SIZE default
-KEEPALIVE_S = 30.0  # transport.KEEPALIVE_EXPIRY_S
+KEEPALIVE_S = 30.0  # connections.KEEPALIVE_EXPIRY_S
+PRODUCT = "httpx-pools4"  # what WahaClient builds itself
 
 OPTIONS: dict[str, str] = {
     "httpx": "httpx.AsyncHTTPTransport untouched (httpcore + anyio), one pool of `concurrency` connections",
-    "httpx-pools4": "httpx.AsyncHTTPTransport untouched, pools of 4 connections taken in turn",
+    "httpx-pools4": "httpx.AsyncHTTPTransport untouched, pools of 4 taken in turn: WahaClient's own (none injected)",
     "httpx-aiohttp": "httpx_aiohttp.AiohttpTransport (aiohttp's connector), one pool",
     "httpx2": "httpx2.AsyncHTTPTransport (httpcore2) through the adapter, one pool",
     "httpxyz": "httpxyz.AsyncHTTPTransport (httpcorexyz) through the adapter, one pool",
     "httpx-adapter": "httpx.AsyncHTTPTransport through the same adapter (the adapter's own cost), one pool",
-    "http11": "waha/http11.py, as WahaClient picks it for http:// (no transport injected)",
-    "patched-pools4": "waha/transport.py httpcore_transport (patched backend, body cap), pools of 4, as for https",
 }
 PACKAGES: dict[str, list[str]] = {
     "httpx": ["httpx", "httpcore", "anyio"],
@@ -60,8 +59,6 @@ PACKAGES: dict[str, list[str]] = {
     "httpx2": ["httpx2", "httpcore2", "anyio"],
     "httpxyz": ["httpxyz", "httpcorexyz", "anyio"],
     "httpx-adapter": ["httpx", "httpcore"],
-    "http11": ["h11"],
-    "patched-pools4": ["httpx", "httpcore", "anyio"],
 }
 
 
@@ -72,17 +69,10 @@ def _build_transport(option: str, concurrency: int) -> Any:
     def limits(mod: ModuleType, n: int) -> Any:
         return mod.Limits(max_connections=n, max_keepalive_connections=n, keepalive_expiry=KEEPALIVE_S)
 
-    pools = -(-concurrency // 4)
-    if option == "http11":
+    if option == PRODUCT:
         return None
     if option == "httpx":
         return httpx.AsyncHTTPTransport(limits=limits(httpx, concurrency))
-    if option == "httpx-pools4":
-        return _RoundRobin([httpx.AsyncHTTPTransport(limits=limits(httpx, 4)) for _ in range(pools)])
-    if option == "patched-pools4":
-        from waha_pipeline.waha.transport import httpcore_transport
-
-        return _RoundRobin([httpcore_transport(limits(httpx, 4), httpx.create_ssl_context()) for _ in range(pools)])
     if option == "httpx-aiohttp":
         from httpx_aiohttp import AiohttpTransport
 
@@ -93,22 +83,8 @@ def _build_transport(option: str, concurrency: int) -> Any:
     raise SystemExit(f"unknown option {option!r}")
 
 
-def _transport_classes() -> tuple[type, type]:
+def _adapter_class() -> type:
     import httpx
-
-    class RoundRobin(httpx.AsyncBaseTransport):
-        """Transports taken in turn per request: what WahaClient does with its AsyncClients for https."""
-
-        def __init__(self, transports: list[httpx.AsyncBaseTransport]) -> None:
-            self._all = transports
-            self._next = itertools.cycle(transports)
-
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            return await next(self._next).handle_async_request(request)
-
-        async def aclose(self) -> None:
-            for each in self._all:
-                await each.aclose()
 
     class ForeignStream(httpx.AsyncByteStream):
         def __init__(self, response: Any) -> None:
@@ -138,10 +114,9 @@ def _transport_classes() -> tuple[type, type]:
         async def aclose(self) -> None:
             await self._inner.aclose()
 
-    return RoundRobin, Adapter
+    return Adapter
 
 
-_RoundRobin: Any = None
 _Adapter: Any = None
 
 
@@ -178,8 +153,8 @@ async def _child_work(url: str, option: str, concurrency: int) -> dict[str, Any]
 
 
 def child(url: str, option: str, concurrency: int) -> None:
-    global _RoundRobin, _Adapter
-    _RoundRobin, _Adapter = _transport_classes()
+    global _Adapter
+    _Adapter = _adapter_class()
     import sniffio
     import uvloop
 
@@ -275,15 +250,19 @@ def summarise(rows: list[dict[str, Any]], options: list[str], vers: dict[str, st
     def fmt(values: list[float], spec: str) -> str:
         return f"{statistics.median(values):{spec}} [{min(values):{spec}}-{max(values):{spec}}]"
 
-    lines = ["| option | version | client CPU ms / message request | wall s | requests/s | runs |",
-             "|---|---|---|---|---|---|"]
+    product = {r["round"]: r["cpu_s"] for r in rows if r["option"] == PRODUCT}
+    lines = ["| option | version | client CPU ms / message request | vs product | wall s | requests/s | runs |",
+             "|---|---|---|---|---|---|---|"]
     for opt in options:
         mine = [r for r in rows if r["option"] == opt]
         if not mine:
             continue
-        lines.append(f"| `{opt}` | {vers[opt]} | {fmt([r['cpu_ms_per_request'] for r in mine], '.3f')} | "
-                     f"{fmt([r['wall_s'] for r in mine], '.2f')} | {fmt([r['requests_per_s'] for r in mine], '.0f')} "
-                     f"| {len(mine)} |")
+        ratios = [r["cpu_s"] / product[r["round"]] for r in mine if r["round"] in product]
+        name = f"`{opt}`" + (" *" if opt == PRODUCT else "")
+        lines.append(f"| {name} | {vers[opt]} | {fmt([r['cpu_ms_per_request'] for r in mine], '.3f')} | "
+                     f"{fmt(ratios, '.2f') if ratios else '-'} | {fmt([r['wall_s'] for r in mine], '.2f')} | "
+                     f"{fmt([r['requests_per_s'] for r in mine], '.0f')} | {len(mine)} |")
+    lines.append(f"\n* {PRODUCT}: what WahaClient uses (waha/connections.py)")
     return "\n".join(lines)
 
 

@@ -38,12 +38,12 @@ from waha_pipeline.waha.models import (
     parse_lid_mapping,
     parse_session,
 )
+from waha_pipeline.waha.body_limit import DEFAULT_MAX_BODY, send_bounded
 from waha_pipeline.waha.breaker import BreakerPolicy, CircuitBreaker, Outcome, Permit, shared_breaker
-from waha_pipeline.waha.http11 import DEFAULT_MAX_BODY
+from waha_pipeline.waha.connections import waha_transports
 from waha_pipeline.waha.limiter import ServerLimiter, shared_limiter
 from waha_pipeline.waha.retry import RetryBudget, RetryPolicy, classify, parse_retry_after, retry_cause
 from waha_pipeline.waha.stats import TALLY, Counters, Recorder, WahaStats
-from waha_pipeline.waha.transport import waha_transports
 
 __all__ = ["KINDS", "ChatRead", "Kind", "WahaClient", "WahaStats", "WahaTimeouts"]
 
@@ -117,7 +117,8 @@ class WahaClient:
     `concurrency` and `rate_per_second` configure the process-wide limiter of this server (shared with every other
     client of the same base URL, in any thread); `limiter` and `breaker` replace the shared ones (tests, or a
     deliberately separate budget). Everything time-related reads `clock` and waits through `sleep`.
-    `max_response_bytes` bounds every response body (WAHA_MAX_RESPONSE_MB) unless `transport` replaces the client's.
+    `max_response_bytes` bounds every response body (WAHA_MAX_RESPONSE_MB); `transport` replaces the client's
+    pools of httpx's stock transport (connections.py).
     """
 
     def __init__(
@@ -173,7 +174,8 @@ class WahaClient:
         self.limiter = limiter or shared_limiter(self.base_url, concurrency=concurrency,
                                                  rate_per_second=rate_per_second)
         self.breaker = breaker or shared_breaker(self.base_url, breaker_policy)
-        transports = [transport] if transport else waha_transports(url, concurrency, max_response_bytes)
+        self.max_response_bytes = max_response_bytes
+        transports = [transport] if transport else waha_transports(concurrency)
         self._pools = [
             httpx.AsyncClient(
                 base_url=self.base_url,
@@ -619,7 +621,8 @@ class WahaClient:
                 limit = self.timeouts.attempt_limit(kind)
                 try:
                     async with asyncio.timeout(limit):
-                        response = await next(self._next_pool).request(method, path, params=params, timeout=timeout)
+                        response = await send_bounded(next(self._next_pool), method, path, params=params,
+                                                      timeout=timeout, limit=self.max_response_bytes)
                 except httpx.RequestError as error:  # timeouts, refused/reset connections, protocol, decoding
                     exc = error
                 except TimeoutError:

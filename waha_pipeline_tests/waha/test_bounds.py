@@ -1,5 +1,6 @@
-"""The response size limit (WAHA_MAX_RESPONSE_MB) on both transports, and the planning deadline
-(WAHA_PLAN_DEADLINE_SECONDS), against a scripted loopback server; and how Settings reads both.
+"""The response size limit (WAHA_MAX_RESPONSE_MB: waha/body_limit.py over the client's own transport, and over any
+transport given to WahaClient), and the planning deadline (WAHA_PLAN_DEADLINE_SECONDS), against a scripted loopback
+server; and how Settings reads both.
 
 An endless (chunked) body, a huge declared Content-Length and a small compressed body that inflates past the limit
 all stop at the limit with ResponseTooLarge, which WahaClient turns into a permanent error without retrying.
@@ -10,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import pathlib
-from collections.abc import Callable
-
 import httpx
 import orjson
 import pytest
@@ -24,19 +23,18 @@ from waha_pipeline.errors import ConfigError, WahaPermanentError
 from waha_pipeline.importer.channel_plan import PlanRequest, plan_and_record
 from waha_pipeline.settings import DEFAULT_MAX_RESPONSE_MB, DEFAULT_PLAN_DEADLINE_S, MB, Settings
 from waha_pipeline.waha.client import WahaClient
-from waha_pipeline.waha.http11 import DEFAULT_MAX_BODY, Http11Transport, ResponseTooLarge
+from waha_pipeline.waha.body_limit import DEFAULT_MAX_BODY, ResponseTooLarge
+from waha_pipeline.waha.connections import waha_transports
 from waha_pipeline.waha.models import SessionInfo
-from waha_pipeline.waha.transport import httpcore_transport, waha_transports
-from waha_pipeline_tests.waha.test_transport import RESPONSE, SESSION, Server, raw
+from waha_pipeline_tests.waha.test_transport import RESPONSE, SESSION, Server, client, get, raw
 
 LIMIT = 256 * 1024
 BLOCK = b"[" + b"0," * 32767  # 64 KiB of a JSON array that never ends
 SENT_AT_MOST = 16 * 1024 * 1024  # what the server offers; without the limit the client would read all of it
 
-TRANSPORTS: dict[str, Callable[[], httpx.AsyncBaseTransport]] = {
-    "http11": lambda: Http11Transport(httpx.Limits(max_connections=2), max_body=LIMIT),
-    "httpcore": lambda: httpcore_transport(httpx.Limits(max_connections=2), verify=False,  # type: ignore[arg-type]
-                                           max_body=LIMIT),
+TRANSPORTS = {  # what WahaClient is given: none (its own pools), or any other httpx transport
+    "own": lambda: None,
+    "given": lambda: waha_transports(2)[0],
 }
 
 
@@ -63,17 +61,15 @@ class Endless:
         return not self.chunked
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "close-delimited"])
-def test_an_endless_body_stops_at_the_limit(transport: str, chunked: bool) -> None:
+def test_an_endless_body_stops_at_the_limit(chunked: bool) -> None:
     endless = Endless(chunked=chunked)
 
     async def scenario() -> tuple[str, bytes]:
-        async with Server([endless, raw(RESPONSE)]) as server, \
-                httpx.AsyncClient(base_url=server.url, transport=TRANSPORTS[transport]()) as http:
+        async with Server([endless, raw(RESPONSE)]) as server, client(server.url, connections=2) as http:
             with pytest.raises(ResponseTooLarge) as caught:
-                await http.get("/api/demo/chats")
-            after = (await http.get("/api/sessions/demo")).content  # the transport goes on with a new connection
+                await get(http, "/api/demo/chats", limit=LIMIT)
+            after = (await get(http, "/api/sessions/demo", limit=LIMIT)).content  # goes on with a new connection
             return str(caught.value), after
 
     message, after = asyncio.run(scenario())
@@ -83,15 +79,13 @@ def test_an_endless_body_stops_at_the_limit(transport: str, chunked: bool) -> No
     assert endless.sent < SENT_AT_MOST  # the client stopped reading: the server could not send it all
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_a_huge_declared_length_is_refused_before_reading_the_body(transport: str) -> None:
+def test_a_huge_declared_length_is_refused_before_reading_the_body() -> None:
     head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000000000\r\n\r\n"
 
     async def scenario() -> str:
-        async with Server([raw(head + BLOCK, close=True)]) as server, \
-                httpx.AsyncClient(base_url=server.url, transport=TRANSPORTS[transport]()) as http:
+        async with Server([raw(head + BLOCK, close=True)]) as server, client(server.url, connections=2) as http:
             with pytest.raises(ResponseTooLarge) as caught:
-                await http.get("/api/demo/lids")
+                await get(http, "/api/demo/lids", limit=LIMIT)
             return str(caught.value)
 
     assert asyncio.run(scenario()) == (
@@ -100,19 +94,17 @@ def test_a_huge_declared_length_is_refused_before_reading_the_body(transport: st
     )
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_a_small_compressed_body_that_inflates_past_the_limit_stops_at_the_limit(transport: str) -> None:
+def test_a_small_compressed_body_that_inflates_past_the_limit_stops_at_the_limit() -> None:
     bomb = gzip.compress(b"[" + b"0," * (4 * LIMIT) + b"0]")  # ~8 KiB on the wire, 2 MiB decoded
     head = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(bomb)
     small = gzip.compress(SESSION)
     fine = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s" % (len(small), small)
 
     async def scenario() -> tuple[str, bytes]:
-        async with Server([raw(head + bomb), raw(fine)]) as server, \
-                httpx.AsyncClient(base_url=server.url, transport=TRANSPORTS[transport]()) as http:
+        async with Server([raw(head + bomb), raw(fine)]) as server, client(server.url, connections=2) as http:
             with pytest.raises(ResponseTooLarge) as caught:
-                await http.get("/x")
-            return str(caught.value), (await http.get("/x")).content
+                await get(http, limit=LIMIT)
+            return str(caught.value), (await get(http, limit=LIMIT)).content
 
     message, after = asyncio.run(scenario())
     assert "of more than 262144 bytes once decoded" in message and after == SESSION
@@ -124,7 +116,8 @@ def test_the_client_fails_an_oversized_page_at_once_naming_the_path_and_the_limi
 
     async def scenario() -> tuple[str, int, int]:
         async with Server([endless], default=raw(RESPONSE)) as server, \
-                WahaClient(server.url, concurrency=1, transport=TRANSPORTS[transport]()) as waha:
+                WahaClient(server.url, concurrency=1, transport=TRANSPORTS[transport](),
+                           max_response_bytes=LIMIT) as waha:
             with pytest.raises(WahaPermanentError) as caught:
                 await waha.list_chats("demo")
             stats = waha.stats()
@@ -136,12 +129,23 @@ def test_the_client_fails_an_oversized_page_at_once_naming_the_path_and_the_limi
     assert (requests, retries) == (1, 0)
 
 
-def test_the_transports_take_the_limit_given_else_the_default() -> None:
-    [plain] = waha_transports(httpx.URL("http://waha:3000"), concurrency=4, max_response_bytes=1000)
-    [secure] = waha_transports(httpx.URL("https://waha.example"), concurrency=4, max_response_bytes=1000)
-    assert plain._max_body == secure._max_body == 1000  # type: ignore[attr-defined]
-    [default] = waha_transports(httpx.URL("http://waha:3000"), concurrency=4)
-    assert default._max_body == DEFAULT_MAX_RESPONSE_MB * MB  # type: ignore[attr-defined]
+def test_an_in_memory_response_over_the_limit_fails_the_same_way() -> None:
+    """httpx.MockTransport hands its responses over already read: the limit applies to them too."""
+    big = httpx.MockTransport(lambda request: httpx.Response(200, content=b"[" + b"0," * LIMIT + b"0]"))
+
+    async def scenario() -> str:
+        async with WahaClient("http://waha.test", concurrency=1, transport=big, max_response_bytes=LIMIT) as waha:
+            with pytest.raises(WahaPermanentError) as caught:
+                await waha.list_chats("demo")
+            return str(caught.value)
+
+    assert f"GET /api/demo/chats: response body of {2 * LIMIT + 3} bytes, over the 0.25 MB limit" in asyncio.run(
+        scenario())
+
+
+def test_the_client_takes_the_limit_given_else_the_default() -> None:
+    assert WahaClient("http://waha:3000", max_response_bytes=1000).max_response_bytes == 1000
+    assert WahaClient("https://waha.example").max_response_bytes == DEFAULT_MAX_RESPONSE_MB * MB
 
 
 def test_the_clients_own_transports_stop_at_the_limit_it_is_given() -> None:
