@@ -25,6 +25,7 @@ import hashlib
 import json
 import queue
 import re
+import ssl
 import sys
 import threading
 import time
@@ -243,7 +244,8 @@ class Waha:
     POOL = 4
 
     def __init__(self, url: str, session: str, concurrency: int, page_size: int) -> None:
-        clients = [httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(60.0),
+        tls = ssl.create_default_context()  # one for all clients: each httpx client would load its own CA bundle
+        clients = [httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(60.0), verify=tls,
                                      limits=httpx.Limits(max_connections=self.POOL, max_keepalive_connections=self.POOL))
                    for _ in range(-(-concurrency // self.POOL))]
         self.clients = clients
@@ -444,12 +446,13 @@ def _copy(cur: psycopg.Cursor, target: str, rows: list[tuple]) -> None:
 
 
 # -------------------------------------------------------------------------------------------- the import
-def migrate(url: str) -> None:
-    """The product's schema, through its own migrations (imported here: SQLAlchemy and alembic take a while, and
-    this runs in a thread while WAHA is read)."""
-    from waha_pipeline.crm.migrate import upgrade
-
-    upgrade(url)
+async def migrate(url: str) -> None:
+    """The product's schema, through its own migrations, in a child process: they import `waha_pipeline.domain`
+    (revision 0005) and with it pandas and pyarrow, which this importer does without. Runs while WAHA is read."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import sys; from waha_pipeline.crm.migrate import upgrade; upgrade(sys.argv[1])", url)
+    if await child.wait() != 0:
+        raise RuntimeError(f"migrations failed with exit code {child.returncode}")
 
 
 async def run(args: argparse.Namespace) -> dict:
@@ -457,7 +460,7 @@ async def run(args: argparse.Namespace) -> dict:
     plan_time = int(time.time())
     lo = -1 if args.days == 0 else plan_time - args.days * 86400
     gte = None if args.days == 0 else lo
-    migrated = asyncio.ensure_future(asyncio.to_thread(migrate, args.database_url))
+    migrated = asyncio.ensure_future(migrate(args.database_url))
     waha = Waha(args.waha_url, args.channel, args.concurrency, args.page_size)
     session = await waha.get(f"/api/sessions/{waha.session}")
     tenant = ((session.get("config") or {}).get("metadata") or {}).get("tenant_id") or args.tenant
