@@ -68,6 +68,11 @@ python_logs:
   managed_python_loggers:
     - waha_pipeline
   python_log_level: INFO
+# Steps log through the event log (python_logs above); capturing their stdout/stderr costs two processes per run
+# (`tail -F` and its watcher) and nothing the import prints there.
+compute_logs:
+  module: dagster._core.storage.noop_compute_log_manager
+  class: NoOpComputeLogManager
 # The stock SQLite event log opens a new engine per event; this one keeps them (waha_pipeline/instance/sqlite_event_log.py).
 event_log_storage:
   module: waha_pipeline.instance.sqlite_event_log

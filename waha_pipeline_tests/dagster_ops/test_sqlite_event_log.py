@@ -51,6 +51,8 @@ def _quiet_run(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
 def test_the_default_instance_uses_it_and_another_instance_reads_every_event(home: Path) -> None:
     with dg.DagsterInstance.get() as writer:
         assert isinstance(writer.event_log_storage, PooledSqliteEventLogStorage)
+        # steps' stdout/stderr are not captured: no `tail -F` processes per run
+        assert type(writer.compute_log_manager).__name__ == "NoOpComputeLogManager"
         result = _quiet_run(writer)
         with dg.DagsterInstance.get() as reader:  # a second storage object, as in the webserver process
             records = reader.fetch_materializations(dg.AssetKey("chunk"), limit=1000).records
