@@ -195,7 +195,7 @@ _NUL_REJECTS = ("external_id", "chat_id", "sender_id", "body")
 
 def _without_nul(ctx: ChunkContext, frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The messages PostgreSQL can store, and the others as rejects whose reason names the column, the chat and
-    the message: one bad row no longer fails the chunk's COPY (and so the whole chunk, every time)."""
+    the message: one bad row must not fail the chunk's COPY (and so the whole chunk, every time)."""
     if frame.empty:
         return frame, empty_frame(REJECT_COLUMNS)
     if "push_name" in frame.columns:
