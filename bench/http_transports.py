@@ -36,7 +36,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import run as bench  # bench/run.py: simulator process helpers, --code snapshots
+import environment as bench  # bench/environment.py: simulator process helpers, --code snapshots
+from sampling import proc_cpu
 
 SESSION = "demo"
 CHUNK_CHATS = 50  # the importer's default --chunk-size
@@ -131,8 +132,8 @@ async def _child_work(url: str, option: str, concurrency: int) -> dict[str, Any]
     from waha_pipeline.waha.models import chat_id_of
 
     transport = _build_transport(option, concurrency)
+    used = type(transport).__name__ if transport is not None else "WahaClient's own pools"
     async with WahaClient(url, concurrency=concurrency, transport=transport) as client:
-        used = [type(pool._transport).__name__ for pool in client._pools]
         chats = await client.list_chats(SESSION)
         ids = [i for i in map(chat_id_of, chats) if i is not None]
         last_at = {chat_id_of(c): _last_message_at(c) for c in chats}
@@ -219,11 +220,11 @@ class Sim:
                 time.sleep(0.2)
 
     def cpu(self) -> float:
-        c = bench.proc_cpu(self.proc.pid)
+        c = proc_cpu(self.proc.pid)
         return c[0] if c else float("nan")
 
     def stop(self) -> None:
-        bench._terminate(self.proc)
+        bench.terminate(self.proc)
         self.log.close()
 
 

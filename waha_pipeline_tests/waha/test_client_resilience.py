@@ -253,7 +253,7 @@ async def test_a_cancelled_waiter_does_not_stop_the_shared_poll_but_the_last_one
         c = asyncio.ensure_future(waha.list_chats("default"))
         for _ in range(50):
             await asyncio.sleep(0)
-        poll = waha._session_polls["default"]
+        poll = waha._loop._session_polls["default"]
         c.cancel()
         await asyncio.gather(c, return_exceptions=True)
         await asyncio.sleep(0)

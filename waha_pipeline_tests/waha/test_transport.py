@@ -136,8 +136,11 @@ def client(url: str, connections: int = 4, keepalive_expiry: float = KEEPALIVE_E
     return httpx.AsyncClient(base_url=url, transport=transport, headers=headers)
 
 
+TIMEOUT = httpx.Timeout(5.0)
+
+
 async def get(http: httpx.AsyncClient, path: str = "/x", *, params: dict[str, str] | None = None,
-              timeout: httpx.Timeout = httpx.Timeout(5.0), limit: int = DEFAULT_MAX_BODY) -> httpx.Response:
+              timeout: httpx.Timeout = TIMEOUT, limit: int = DEFAULT_MAX_BODY) -> httpx.Response:
     """A GET as WahaClient sends it: streamed, the body read within the size limit."""
     return await send_bounded(http, "GET", path, params=params, timeout=timeout, limit=limit)
 
