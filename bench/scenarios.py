@@ -30,6 +30,7 @@ from environment import (
 from sampling import FirstRequestWatch, PgCpuMonitor, TreeMonitor, machine_cpu, wait_idle
 
 IMPORT_TIMEOUT_S = float(os.environ.get("BENCH_IMPORT_TIMEOUT_S", 30 * 60))
+SESSION_TIMEOUT_S = 30 * 60  # the imports' conversation session timeout (the default)
 TRUTH_MAX_MESSAGES = 200_000  # above this the truth is not fetched (product and floor are compared with each other)
 FLOOR = BENCH_DIR / "floor_importer.py"
 
@@ -346,8 +347,10 @@ def run_scenario(sc: Scenario, workdir: Path) -> list[dict]:
 def exactness(sc: Scenario, sim: Simulator, db: str, fdb: str, product: dict, floor: dict) -> dict:
     """The floor's CRM against the product's (natural row content), and both against the simulator's truth when
     the dataset is small enough to fetch it."""
-    a, b = crm_compare.natural_digests(db_url(db)), crm_compare.natural_digests(db_url(fdb))
-    out: dict = {"floor_vs_product": crm_compare.same_rows(a, b),
+    starts = [(product.get("plan") or {}).get("window_start"), (floor.get("plan") or {}).get("window_start")]
+    since = None if starts[0] == starts[1] or None in starts else max(starts) + SESSION_TIMEOUT_S
+    a, b = crm_compare.natural_digests(db_url(db), since), crm_compare.natural_digests(db_url(fdb), since)
+    out: dict = {"floor_vs_product": crm_compare.same_rows(a, b), "since": since,
                  "rows": {t: [a[t]["rows"], b[t]["rows"]] for t in CRM_TABLES}}
     if sc.messages <= TRUTH_MAX_MESSAGES and product.get("plan") and floor.get("plan"):
         for who, url, plan in (("product", db_url(db), product["plan"]), ("floor", db_url(fdb), floor["plan"])):
@@ -356,7 +359,7 @@ def exactness(sc: Scenario, sim: Simulator, db: str, fdb: str, product: dict, fl
     same = all(v for k, v in out["floor_vs_product"].items() if k != "open_sessions")
     truths = [all(v for k, v in out[k].items() if k != "truth_rows") for k in ("product_vs_truth", "floor_vs_truth")
               if k in out]
-    out["verdict"] = ("floor = product" if same else "floor != product: " + ", ".join(
+    out["verdict"] = ((f"floor = product (from {since})" if since else "floor = product") if same else "floor != product: " + ", ".join(
         t for t, v in out["floor_vs_product"].items() if v is False)) + (
         f"; truth: {'both exact' if all(truths) else 'DIFFERS'}" if truths else "")
     out["exact"] = same and all(truths)
