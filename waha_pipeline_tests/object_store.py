@@ -6,8 +6,12 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import s3fs
 
 # Dummy credentials: the server accepts any; real ones would come from the same variables.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "stage-test-key", "AWS_SECRET_ACCESS_KEY": "stage-test-secret-value"}
@@ -26,7 +30,7 @@ class S3:
     def url(self, prefix: str = "stages") -> str:
         return f"s3://{self.bucket}/{prefix}"
 
-    def filesystem(self):  # noqa: ANN201 - s3fs.S3FileSystem, imported lazily like the store does
+    def filesystem(self) -> s3fs.S3FileSystem:
         """A client of its own (not fsspec's shared instance), to look at or delete objects behind the store."""
         import s3fs
 
