@@ -93,3 +93,16 @@ def test_a_stage_url_no_filesystem_serves_fails_configuration_without_its_secret
     else:  # sftp:// is served when paramiko is installed: then the store shows it redacted
         store = StageStore(Settings.from_env({"IMPORT_STAGE_URL": url}).stage_store_url)
         assert "hunter" not in repr(store) and "hunter" not in store.display_url
+
+
+def test_a_chunk_runner_spec_shows_no_credentials_of_its_urls() -> None:
+    """A worker's spec is printed in errors and logs; its stage, CRM and WAHA URLs may carry secrets."""
+    from waha_pipeline.importer.workers import RunnerSpec
+
+    spec = RunnerSpec(
+        database_url="postgresql://crm:db-secret@db/crm", crm_commit_timeouts=(5.0, 5.0),
+        stage_root="s3://bucket/stages?secret=stage-secret", waha_base_url="https://user:waha-secret@waha",
+        waha_api_key="key-secret", waha_concurrency=4, waha_max_response_bytes=1, page_size=500,
+        fetch_deadline_seconds=60.0, prefetch=1, max_chunk_bytes=1,
+    )
+    assert not [s for s in ("db-secret", "stage-secret", "waha-secret", "key-secret") if s in repr(spec)]

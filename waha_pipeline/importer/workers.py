@@ -48,7 +48,7 @@ class RunnerSpec:
 
     database_url: str = field(repr=False)
     crm_commit_timeouts: tuple[float, float]  # (lock, statement) seconds (CRM_*_TIMEOUT_SECONDS)
-    stage_root: str
+    stage_root: str = field(repr=False)  # a URL may carry credentials
     waha_base_url: str = field(repr=False)
     waha_api_key: str | None = field(repr=False)
     waha_concurrency: int
