@@ -413,6 +413,7 @@ def aggregate(runs: list[dict]) -> dict:
         out["messages"] = ok[0]["crm"].get("messages")
         out["requests"] = statistics.median(r["requests"]["total"] for r in ok)
         out["max_sample_gap_s"] = max(r["processes"]["max_sample_gap_s"] for r in ok)
+        out["sample_gaps_over_0.2_s"] = sum(r["processes"].get("gaps_over_0.2_s", 0) for r in ok)
         out["cpu_pg_s"] = statistics.median(
             r["cpu_pg"]["all_s"] if not r["cpu_pg"]["other_activity"] else r["cpu_pg"]["ours_plus_aux_s"] for r in ok)
         out["others_cpu_s"] = statistics.median(r["machine_cpu"]["others_s"] for r in ok)
