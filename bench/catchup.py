@@ -27,8 +27,8 @@ import tempfile
 import urllib.parse
 from pathlib import Path
 
-import psycopg
 import environment as bench  # the simulator, database and child-process helpers of bench/run.py
+import psycopg
 import report
 import scenarios
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Protocol
 
 import psycopg
-
 from sampling import proc_cpu, rss_mb
 
 BENCH_DIR = Path(__file__).resolve().parent

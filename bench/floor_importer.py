@@ -23,6 +23,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import math
 import queue
 import re
 import ssl
@@ -146,7 +147,7 @@ def sent_at(raw: dict, info: dict) -> int | None:
     ts = raw.get("timestamp")
     if type(ts) is int and ts > 0:
         return ts
-    if type(ts) is float and ts == ts and ts > 0:
+    if type(ts) is float and math.isfinite(ts) and ts > 0:
         return int(ts)
     if type(ts) is str and ts.strip().isdigit():
         return int(ts)
@@ -180,7 +181,7 @@ def just_the_number(name: Any) -> bool:
 class Group:
     """One contact's chats: a phone's `@c.us` chat and the `@lid` chats mapped to it, or one lid-only chat."""
 
-    __slots__ = ("phone", "lid", "chats", "read", "names", "rows", "seen", "rejects", "alt_phone")
+    __slots__ = ("alt_phone", "chats", "lid", "names", "phone", "read", "rejects", "rows", "seen")
 
     def __init__(self, phone: str | None, lid: str | None) -> None:
         self.phone, self.lid = phone, lid

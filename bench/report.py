@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import psycopg
-
 from environment import PG_ADMIN, REPO
 
 IMPORTERS = ("product", "floor")
@@ -63,7 +62,7 @@ HEAD = ["scenario", "importer", "runs ok", "messages", "WAHA requests", "wall s"
         "tree peak PSS MB", "first WAHA request s", "importer CPU s", "floor rows"]
 
 
-def _fmt_int(v: float | int | None) -> str:
+def _fmt_int(v: float | None) -> str:
     return "-" if v is None else f"{int(v):,}"
 
 
@@ -172,7 +171,8 @@ def machine_info() -> dict:
 
     def git(*args: str) -> str:
         try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10,
+                                  check=False).stdout.strip()
         except (OSError, subprocess.TimeoutExpired):
             return ""
 

@@ -7,6 +7,7 @@ goes first from run to run, so a drift of the machine's load weighs on both.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,20 +17,39 @@ import sys
 import tempfile
 import threading
 import time
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
-
 import crm_compare
+import psycopg
 from environment import (
-    BENCH_DIR, CHANNEL, CHILDREN, CODE_ENV, CRM_TABLES, VENV_BIN, WAHA, Simulator, changed_rows, copy_crm_tables,
-    crm_counts, crm_snapshot, db_url, drop_db, recreate_db, snapshot_diff, wait_stats_flushed,
+    BENCH_DIR,
+    CHANNEL,
+    CHILDREN,
+    CODE_ENV,
+    CRM_TABLES,
+    VENV_BIN,
+    WAHA,
+    Simulator,
+    changed_rows,
+    copy_crm_tables,
+    crm_counts,
+    crm_snapshot,
+    db_url,
+    drop_db,
+    recreate_db,
+    snapshot_diff,
+    wait_stats_flushed,
 )
-from sampling import FirstRequestWatch, PgCpuMonitor, TreeMonitor, machine_cpu, wait_idle
+from sampling import (
+    FirstRequestWatch,
+    PgCpuMonitor,
+    TreeMonitor,
+    machine_cpu,
+    wait_idle,
+)
 
-IMPORT_TIMEOUT_S = float(os.environ.get("BENCH_IMPORT_TIMEOUT_S", 30 * 60))
+IMPORT_TIMEOUT_S = float(os.environ.get("BENCH_IMPORT_TIMEOUT_S", "1800"))
 SESSION_TIMEOUT_S = 30 * 60  # the imports' conversation session timeout (the default)
 TRUTH_MAX_MESSAGES = 200_000  # above this the truth is not fetched (product and floor are compared with each other)
 FLOOR = BENCH_DIR / "floor_importer.py"
