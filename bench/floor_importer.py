@@ -37,6 +37,9 @@ import httpx
 import orjson
 import psycopg
 
+from waha_pipeline.domain.bodies import media_body
+from waha_pipeline.domain.content_types import NOT_A_MESSAGE, classify
+
 UTC = dt.UTC
 PROBE_EMPTY_PAGES = 2  # empty pages asked past an empty one before a chat without evidence of its end stops
 MAX_PROBE_ROWS = 50_000
@@ -44,102 +47,8 @@ MAX_PROBE_PAGE = 8_192
 BATCH_MESSAGES = 20_000
 
 # -------------------------------------------------------------------------------------------- message mapping
-_MESSAGE_KEY = {
-    "conversation": "text", "extendedTextMessage": "text", "imageMessage": "image", "videoMessage": "video",
-    "ptvMessage": "video", "audioMessage": "audio", "documentMessage": "document", "stickerMessage": "sticker",
-    "locationMessage": "location", "liveLocationMessage": "location", "contactMessage": "contact",
-    "contactsArrayMessage": "contact",
-}
-_SKIP_KEY = {"reactionMessage", "encReactionMessage", "pollUpdateMessage", "encEventResponseMessage",
-             "protocolMessage"}
-_WRAPPERS = {"ephemeralMessage", "viewOnceMessage", "viewOnceMessageV2", "viewOnceMessageV2Extension",
-             "documentWithCaptionMessage", "editedMessage", "deviceSentMessage"}
-_MEDIA_TYPE = {"image": "image", "video": "video", "gif": "video", "ptv": "video", "audio": "audio", "ptt": "voice",
-               "document": "document", "sticker": "sticker", "location": "location", "livelocation": "location",
-               "vcard": "contact", "contact_array": "contact", "multi_vcard": "contact"}
-_CAPTIONED = ("imageMessage", "videoMessage", "documentMessage", "ptvMessage")
+# Content types and bodies: the product's own pure rules (no pandas behind them); the rest is the floor's.
 _NUMBER_CHARS = re.compile(r"[+\-() ]")
-SKIP = "skip"
-
-
-def _proto_kind(message: Any) -> str | None:
-    """Content type from GOWS `_data.Message` keys, SKIP for rows that are not messages, None if undecided."""
-    for _ in range(4):
-        if type(message) is not dict:
-            return None
-        inner = None
-        key_distribution = False
-        for key, value in message.items():
-            if value is None:
-                continue
-            kind = _MESSAGE_KEY.get(key)
-            if kind is not None:
-                if kind == "audio" and type(value) is dict and (value.get("PTT") is True or value.get("ptt") is True):
-                    return "voice"
-                return kind
-            if key in _SKIP_KEY:
-                return SKIP
-            if key in _WRAPPERS and type(value) is dict:
-                inner = value.get("message", value)
-                break
-            if key == "senderKeyDistributionMessage":
-                key_distribution = True
-            elif "Message" in key and key != "messageContextInfo":
-                return "other"
-        if inner is None:
-            return SKIP if key_distribution else None
-        message = inner
-    return None
-
-
-def classify(raw: dict, data: dict, info: dict) -> str:
-    """Content type of a GOWS message (or SKIP): location, vCards, `_data.Message`, `Info`, then hasMedia/body."""
-    if type(raw.get("location")) is dict:
-        return "location"
-    vcards = raw.get("vCards")
-    if vcards and type(vcards) is list:
-        return "contact"
-    kind = _proto_kind(data.get("Message"))
-    media = info.get("MediaType")
-    media = media.lower() if type(media) is str else None
-    if kind == "audio" and media == "ptt":
-        return "voice"
-    if kind:
-        return kind
-    if media in _MEDIA_TYPE:
-        return _MEDIA_TYPE[media]
-    itype = info.get("Type")
-    if itype == "text":
-        return "text"
-    if itype == "reaction":
-        return SKIP
-    if type(itype) is str and itype not in ("", "media"):
-        return "other"
-    if raw.get("hasMedia") is True:
-        return "other"
-    body = raw.get("body")
-    return "text" if type(body) is str and body.strip() else "other"
-
-
-def caption(message: Any) -> str | None:
-    for _ in range(4):
-        if type(message) is not dict:
-            return None
-        for key in _CAPTIONED:
-            media = message.get(key)
-            if type(media) is dict:
-                text = media.get("caption")
-                ok = type(text) is str and text.strip() and "\x00" not in text and not _thumbnail(text)
-                return text if ok else None
-        inner = next((message[k] for k in _WRAPPERS if type(message.get(k)) is dict), None)
-        if inner is None:
-            return None
-        message = inner.get("message", inner)
-    return None
-
-
-def _thumbnail(text: str) -> bool:
-    return len(text) >= 100 and text.startswith("/9j/") and re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", text) is not None
 
 
 def sent_at(raw: dict, info: dict) -> int | None:
@@ -330,8 +239,8 @@ def map_chat(group: Group, chat_id: str, is_lid: bool, items: list[dict], lo: in
         data = data if type(data) is dict else {}
         info = data.get("Info")
         info = info if type(info) is dict else {}
-        kind = classify(raw, data, info)
-        if kind == SKIP:
+        kind = classify(raw)
+        if kind in NOT_A_MESSAGE:
             continue
         ext, from_me, body = raw.get("id"), raw.get("fromMe"), raw.get("body")
         reason = None
@@ -354,8 +263,8 @@ def map_chat(group: Group, chat_id: str, is_lid: bool, items: list[dict], lo: in
             group.alt_phone = digits_of(info.get("SenderAlt"), ("s.whatsapp.net", "c.us"))
         if ts < lo or ts > hi:
             continue
-        if kind != "text" and (body is None or not body.strip() or _thumbnail(body)):
-            body = caption(data.get("Message"))
+        if kind != "text":
+            body = media_body(body, data)
         push = None
         if not from_me:
             push = info.get("PushName")
